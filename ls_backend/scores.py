@@ -18,14 +18,13 @@ from cheapest to most expensive (mean cost).
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -87,7 +86,9 @@ class TaskScores:
         try:
             return self.llms.index(llm)
         except ValueError:
-            raise KeyError(f"task {self.name!r} has no scores from LLM {llm!r}; it has {list(self.llms)}") from None
+            raise KeyError(
+                f"task {self.name!r} has no scores from LLM {llm!r}; it has {list(self.llms)}"
+            ) from None
 
     def subset(self, index: np.ndarray) -> TaskScores:
         """The same task restricted to some items (a boolean mask or integer indices)."""
@@ -129,19 +130,24 @@ class ScoresTable:
             return ()
         common = set.intersection(*(set(t.llms) for t in self))
         mean_cost = {
-            llm: float(np.mean([t.costs[t.llm_index(llm)].mean() for t in self if t.n_items])) for llm in common
+            llm: float(np.mean([t.costs[t.llm_index(llm)].mean() for t in self if t.n_items]))
+            for llm in common
         }
         return tuple(sorted(common, key=lambda llm: (mean_cost[llm], llm)))
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], descriptions: Mapping[str, str] | None = None) -> ScoresTable:
+    def from_rows(
+        cls, rows: Iterable[Mapping[str, Any]], descriptions: Mapping[str, str] | None = None
+    ) -> ScoresTable:
         """Build the table from row dicts (see the module docstring), validating each row."""
         per_task: dict[str, dict[str, Any]] = {}
         for line_no, row in enumerate(rows, start=1):
             _check_row(row, line_no)
             task = str(row["task"])
             classes = tuple(str(c) for c in row["classes"])
-            entry = per_task.setdefault(task, {"classes": classes, "cells": {}, "labels": {}, "item_order": {}})
+            entry = per_task.setdefault(
+                task, {"classes": classes, "cells": {}, "labels": {}, "item_order": {}}
+            )
             if entry["classes"] != classes:
                 raise ScoresFormatError(
                     f"row {line_no}: task {task!r} has classes {list(entry['classes'])} in earlier rows "
@@ -241,7 +247,7 @@ def _assemble_task(task: str, entry: dict[str, Any], description: str) -> TaskSc
 
 def _open_text(path: Path, mode: str, gz: bool) -> IO[str]:
     if gz:
-        return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8")  # type: ignore[arg-type]
+        return cast(IO[str], gzip.open(path, mode + "t", encoding="utf-8"))
     return open(path, mode, encoding="utf-8")
 
 

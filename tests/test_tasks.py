@@ -1,0 +1,30 @@
+import pytest
+
+from ls_backend.tasks import TaskSpec, TaskSpecError, load_tasks
+
+
+def test_load_yaml(tmp_path):
+    path = tmp_path / "tasks.yaml"
+    path.write_text(
+        "tasks:\n  spam:\n    question: Is this SMS spam?\n    classes: ['yes', 'no']\n    description: Spam texts.\n"
+    )
+    tasks = load_tasks(path)
+    assert tasks["spam"] == TaskSpec("spam", "Is this SMS spam?", ("yes", "no"), "Spam texts.")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("tasks: {}\n", "at least one task"),
+        ("tasks:\n  t:\n    question: q\n    classes: [yes, no]\n", "quote yes/no"),
+        ("tasks:\n  t:\n    classes: [a, b]\n", "missing 'question'"),
+        ("tasks:\n  t:\n    question: q\n    classes: [a]\n", "at least 2 classes"),
+        ("tasks:\n  t:\n    question: q\n    classes: [a, a]\n", "distinct"),
+        ("tasks:\n  t:\n    question: q\n    classes: [a, b]\n    colour: red\n", "unknown field"),
+    ],
+)
+def test_bad_task_files(tmp_path, body, message):
+    path = tmp_path / "tasks.yaml"
+    path.write_text(body)
+    with pytest.raises(TaskSpecError, match=message):
+        load_tasks(path)
