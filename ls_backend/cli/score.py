@@ -1,0 +1,219 @@
+"""``lwc score``: ask every configured LLM about every item of every task and write the scores table.
+
+::
+
+    lwc score --llms llms.yaml --tasks tasks.yaml --items items.jsonl --out scores.jsonl \\
+        [--cache scores.jsonl.cache.sqlite] [--batch-size 16] [--no-progress]
+
+Items are JSON Lines, one object a line: ``{"id": "17", "task": "sms_spam", "text": "...", "label": "yes"}``
+(``label`` optional). Results go through the score cache (by default next to the output), so an interrupted
+run resumes where it stopped and a repeated run asks no LLM again. The scores table is written at the end
+(atomically), one row per (task, item, LLM), in the format of :mod:`ls_backend.scores`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ls_backend.cli import CLIError
+
+if TYPE_CHECKING:
+    from ls_backend.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+class ItemsFormatError(ValueError):
+    """An items file line that is not a valid item."""
+
+
+@dataclass
+class TaskItems:
+    """The items of one task, in file order."""
+
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)
+
+
+@dataclass
+class ItemsFile:
+    tasks: dict[str, TaskItems]
+    n_empty: int
+
+
+def read_items(path: str | Path, tasks: dict[str, TaskSpec]) -> ItemsFile:
+    """Items by task from a JSON Lines file, validated against the tasks (errors name the line)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"items file {path} does not exist")
+    by_task: dict[str, TaskItems] = {}
+    seen: dict[tuple[str, str], int] = {}
+    n_empty = 0
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ItemsFormatError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(item, dict):
+                raise ItemsFormatError(f"{where}: expected a JSON object, got {type(item).__name__}")
+            missing = [k for k in ("id", "task", "text") if k not in item]
+            if missing:
+                raise ItemsFormatError(f"{where}: missing field(s) {missing}")
+            unknown = set(item) - {"id", "task", "text", "label"}
+            if unknown:
+                raise ItemsFormatError(
+                    f"{where}: unknown field(s) {sorted(unknown)}; expected id, task, text, label"
+                )
+            item_id, task_name, text, label = item["id"], item["task"], item["text"], item.get("label")
+            if isinstance(item_id, bool) or not isinstance(item_id, str | int) or str(item_id) == "":
+                raise ItemsFormatError(
+                    f"{where}: 'id' must be a non-empty string or an integer, got {item_id!r}"
+                )
+            if task_name not in tasks:
+                raise ItemsFormatError(
+                    f"{where}: unknown task {task_name!r}; the tasks file defines {sorted(tasks)}"
+                )
+            if not isinstance(text, str):
+                raise ItemsFormatError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+            classes = tasks[task_name].classes
+            if label is not None and label not in classes:
+                raise ItemsFormatError(
+                    f"{where}: label {label!r} is not one of task {task_name!r}'s classes {list(classes)}"
+                )
+            key = (task_name, str(item_id))
+            if key in seen:
+                raise ItemsFormatError(
+                    f"{where}: duplicate item id {str(item_id)!r} in task {task_name!r} (first on line {seen[key]})"
+                )
+            seen[key] = line_no
+            if not text.strip():
+                log.warning("%s: item %r of task %r has empty text; skipped", where, str(item_id), task_name)
+                n_empty += 1
+                continue
+            entry = by_task.setdefault(task_name, TaskItems())
+            entry.ids.append(str(item_id))
+            entry.texts.append(text)
+            entry.labels.append(label)
+    if not by_task:
+        raise ItemsFormatError(
+            f"{path}: no items to score" + (f" ({n_empty} with empty text)" if n_empty else "")
+        )
+    return ItemsFile(by_task, n_empty)
+
+
+@dataclass
+class LLMSummary:
+    items: int = 0
+    called: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+    cost: float = 0.0
+    unit: str = "seconds"
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from ls_backend.llms.base import LLMError
+    from ls_backend.llms.cache import ScoreCache
+    from ls_backend.llms.config import load_llm_configs
+    from ls_backend.llms.scoring import score_items
+    from ls_backend.scores import write_scores
+    from ls_backend.tasks import load_tasks
+
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    tasks = load_tasks(args.tasks)
+    configs = load_llm_configs(args.llms)
+    items = read_items(args.items, tasks)
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    cache_path = Path(args.cache) if args.cache else out.with_name(out.name + ".cache.sqlite")
+    n_items = sum(len(t.ids) for t in items.tasks.values())
+    print(
+        f"scoring {n_items} items of {len(items.tasks)} task(s) with {len(configs)} LLM(s); cache {cache_path}"
+        + (f"; skipped {items.n_empty} item(s) with empty text" if items.n_empty else "")
+    )
+
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, LLMSummary] = {}
+    with ScoreCache(cache_path) as cache:
+        try:
+            for config in configs:
+                started = time.perf_counter()
+                llm = config.build()
+                load_seconds = time.perf_counter() - started
+                stats = summary[config.name] = LLMSummary(unit=llm.cost_model.unit)
+                for task_name, task_items in items.tasks.items():
+                    task = tasks[task_name]
+                    prompt = config.prompt_for(task)
+                    result = score_items(
+                        llm,
+                        prompt,
+                        task_items.texts,
+                        cache=cache,
+                        batch_size=args.batch_size,
+                        progress=False if args.no_progress else f"{config.name}/{task_name}",
+                    )
+                    stats.items += len(result)
+                    stats.called += int(result.meta["n_called"])
+                    stats.cached += int(result.meta["n_cached"])
+                    stats.seconds += float(result.meta["seconds"])
+                    stats.cost += float(result.costs.sum())
+                    for i, item_id in enumerate(task_items.ids):
+                        rows.append(
+                            {
+                                "task": task_name,
+                                "item": item_id,
+                                "llm": config.name,
+                                "classes": list(task.classes),
+                                "label": task_items.labels[i],
+                                "answer": task.classes[int(result.answers[i])],
+                                "logits": [float(x) for x in result.logits[i]],
+                                "cost": float(result.costs[i]),
+                            }
+                        )
+                log.debug("%s: loaded in %.1f s", config.name, load_seconds)
+                del llm
+        except KeyboardInterrupt:
+            print(f"interrupted: finished batches are in {cache_path}; run the same command again to resume")
+            return 130
+        except LLMError as e:
+            raise CLIError(f"{e} (finished batches are kept in {cache_path})") from None
+    write_scores(rows, out)
+    print(f"wrote {len(rows)} rows to {out}")
+    print(f"{'llm':<24} {'items':>7} {'called':>7} {'cached':>7} {'seconds':>9} {'cost':>12}  unit")
+    for name, s in summary.items():
+        print(
+            f"{name:<24} {s.items:>7} {s.called:>7} {s.cached:>7} {s.seconds:>9.2f} {s.cost:>12.6g}  {s.unit}"
+        )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="score items with every configured LLM (answers, class logits, costs) into a scores table",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--llms", required=True, help="LLM config (YAML/JSON), cheapest first")
+    parser.add_argument(
+        "--tasks", required=True, help="tasks file (YAML/JSON): question, classes, description"
+    )
+    parser.add_argument("--items", required=True, help="items, JSON Lines: id, task, text[, label]")
+    parser.add_argument("--out", required=True, help="scores table to write (JSON Lines; .gz compresses)")
+    parser.add_argument("--cache", help="score cache (SQLite); default: OUT.cache.sqlite next to the output")
+    parser.add_argument("--batch-size", type=int, default=16, help="texts per LLM call (default 16)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_score)
