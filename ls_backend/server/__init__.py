@@ -1,0 +1,16 @@
+"""The Label Studio ML backend server (see docs/server.md): the Flask app and the predictor it drives."""
+
+from ls_backend.server.app import create_app
+from ls_backend.server.labeling import LabelConfigError, LabelSpec, parse_label_config
+from ls_backend.server.predictor import Prediction, Predictor, ProjectSetup, SingleLLMPredictor
+
+__all__ = [
+    "LabelConfigError",
+    "LabelSpec",
+    "Prediction",
+    "Predictor",
+    "ProjectSetup",
+    "SingleLLMPredictor",
+    "create_app",
+    "parse_label_config",
+]

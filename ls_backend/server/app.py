@@ -1,0 +1,516 @@
+"""The Label Studio ML backend: a Flask app speaking the protocol Label Studio 1.23.2 uses.
+
+=================  ==========================================================================================
+``GET /health``    ``{"status": "UP", "model_class": ...}`` (Label Studio waits 1 s before every /setup)
+``POST /setup``    labeling config + ``extra_params`` -> ``{"model_version": ...}``; 400 names a config it cannot
+                   label (a non-2xx makes Label Studio refuse the backend)
+``POST /predict``  ``{"results": [...]}``: one entry per task, in order
+``GET /versions``  ``{"versions": [...]}``: the model versions this server has answered with
+``POST /webhook``  acknowledged at once (Label Studio gives it 1 s)
+``GET /metrics``   Prometheus text: requests, latency, LLM calls and cost, predictions by confidence band
+=================  ==========================================================================================
+
+Every error is JSON ``{"error": "...", "status": code}``; a bad request never stops the server. A task the
+backend cannot read (no text under the configured data key, an empty or non-string text) gets an empty
+prediction ``{"result": [], "score": 0.0, ...}`` (stored by Label Studio, so it is not asked again for that model
+version); a task the model failed on gets an empty list (no prediction stored, asked again next time).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, Unauthorized
+
+from ls_backend import __version__
+from ls_backend.server.config import BackendConfig, ConfigError, load_config, parse_extra_params
+from ls_backend.server.labeling import LabelConfigError, LabelSpec, parse_label_config
+from ls_backend.server.predictor import Prediction, Predictor, ProjectSetup, SingleLLMPredictor
+from ls_backend.server.projects import (
+    LabelStudioAccess,
+    ProjectDescriptions,
+    ProjectIdError,
+    parse_project_id,
+)
+from ls_backend.server.telemetry import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+AUTH_USER_ENV = "BASIC_AUTH_USER"
+AUTH_PASS_ENV = "BASIC_AUTH_PASS"
+WEBHOOK_SECRET_ENV = "WEBHOOK_SECRET"
+WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+MAX_BODY_BYTES = 256 * 1024 * 1024
+# consecutive single-task failures, with no success, after which the model is taken to be broken
+SYSTEMATIC_FAILURES = 3
+
+
+class PredictorFailure(RuntimeError):
+    """The predictor failed on every task it was asked about: a broken model, not a bad task."""
+
+
+def default_question(label: LabelSpec) -> str:
+    return "Which of the labels fits this text best?"
+
+
+@dataclass
+class _ProjectRecord:
+    label_config: str
+    extra_params: dict[str, Any]
+    config: BackendConfig
+    versions: set[str] = field(default_factory=set)
+
+
+@dataclass
+class BackendState:
+    """Everything the app shares between requests (thread-safe through ``lock``)."""
+
+    config: BackendConfig
+    predictor: Predictor
+    metrics: ServerMetrics
+    descriptions: ProjectDescriptions
+    auth: tuple[str, str] | None
+    webhook_secret: str | None
+    description_wait: float
+    projects: dict[str, _ProjectRecord] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # "lazy" (loaded at the first /predict), "loading", "ready" or "failed: <error>"
+    model_status: str = "lazy"
+    model_ready: threading.Event = field(default_factory=threading.Event)
+
+    def warm_up(self) -> None:
+        """Load the predictor's model in a background thread (Label Studio gives /setup 3 s, /predict 100 s)."""
+        load = getattr(self.predictor, "warm_up", None)
+        if load is None:
+            self.model_ready.set()
+            return
+
+        def run() -> None:
+            self.model_status = "loading"
+            try:
+                load(self.config)
+                self.model_status = "ready"
+                logger.info("model loaded")
+            except Exception as e:
+                self.model_status = f"failed: {type(e).__name__}: {e}"
+                logger.exception("loading the model failed; /predict will try again and report the error")
+            self.model_ready.set()
+
+        threading.Thread(target=run, name="lwc-warm-up", daemon=True).start()
+
+
+def _env_auth() -> tuple[str, str] | None:
+    user, password = os.environ.get(AUTH_USER_ENV, ""), os.environ.get(AUTH_PASS_ENV, "")
+    if bool(user) != bool(password):
+        raise ConfigError(f"set both {AUTH_USER_ENV} and {AUTH_PASS_ENV} for basic auth, or neither")
+    return (user, password) if user else None
+
+
+def create_app(
+    config: BackendConfig | str | Path | Mapping[str, Any] | None = None,
+    predictor: Predictor | None = None,
+    *,
+    descriptions: ProjectDescriptions | None = None,
+    auth: tuple[str, str] | bool | None = True,
+    webhook_secret: str | bool | None = True,
+    description_wait: float = 2.0,
+    warm_up: bool = False,
+) -> Flask:
+    """The ML backend app.
+
+    Args:
+        config: a :class:`BackendConfig`, a YAML path, a mapping, or None for the file named by ``$LWC_CONFIG``.
+        predictor: what answers /predict (default: :class:`SingleLLMPredictor`, the packaged SmolLM2).
+        descriptions: where project descriptions come from (default: Label Studio at ``$LABEL_STUDIO_URL``).
+        auth: ``(user, password)`` for HTTP basic auth, None for none, True to read ``$BASIC_AUTH_USER/PASS``.
+        webhook_secret: the ``X-Webhook-Secret`` value /webhook requires, None for none, True for the env var.
+        description_wait: seconds /predict waits for a project description still being read from Label Studio.
+        warm_up: load the predictor's model now, in the background (``/health`` reports its ``model`` status).
+    """
+    if isinstance(config, BackendConfig):
+        backend_config = config
+    elif isinstance(config, Mapping):
+        backend_config = BackendConfig.from_mapping(config)
+    else:
+        backend_config = load_config(config)
+    state = BackendState(
+        config=backend_config,
+        predictor=predictor if predictor is not None else SingleLLMPredictor(),
+        metrics=ServerMetrics(backend_config.confidence_bands),
+        descriptions=descriptions or ProjectDescriptions(LabelStudioAccess.from_env()),
+        auth=_env_auth() if auth is True else (auth or None),
+        webhook_secret=(os.environ.get(WEBHOOK_SECRET_ENV) or None)
+        if webhook_secret is True
+        else webhook_secret or None,
+        description_wait=description_wait,
+    )
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["lwc"] = state
+    _register_hooks(app, state)
+    _register_routes(app, state)
+    if warm_up:
+        state.warm_up()
+    return app
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# request plumbing
+
+
+def _register_hooks(app: Flask, state: BackendState) -> None:
+    @app.before_request
+    def start_and_authenticate() -> None:
+        g.started = time.perf_counter()
+        if state.auth is None or request.path == "/health":
+            return
+        if request.path == "/webhook" and state.webhook_secret and _has_webhook_secret(state.webhook_secret):
+            return
+        given = request.authorization
+        user_ok = given is not None and hmac.compare_digest(
+            (given.username or "").encode(), state.auth[0].encode()
+        )
+        pass_ok = given is not None and hmac.compare_digest(
+            (given.password or "").encode(), state.auth[1].encode()
+        )
+        if not (user_ok and pass_ok):
+            raise Unauthorized(
+                "this backend requires HTTP basic auth (set it in Label Studio's model settings)"
+            )
+
+    @app.after_request
+    def record(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        state.metrics.requests.inc(endpoint=endpoint, status=str(response.status_code))
+        started = getattr(g, "started", None)
+        if started is not None:
+            state.metrics.latency.observe(time.perf_counter() - started, endpoint=endpoint)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> tuple[Response, int]:
+        code = e.code or 500
+        message = e.description or e.name
+        if isinstance(e, RequestEntityTooLarge):
+            message = f"request body larger than {MAX_BODY_BYTES} bytes"
+        logger.warning("%s %s -> %d: %s", request.method, request.path, code, message)
+        response = jsonify({"error": message, "status": code})
+        if code == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="label-with-confidence"'
+        return response, code
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception) -> tuple[Response, int]:
+        logger.exception("%s %s failed", request.method, request.path)
+        return jsonify({"error": f"{type(e).__name__}: {e}", "status": 500}), 500
+
+
+def _has_webhook_secret(secret: str) -> bool:
+    given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
+    return hmac.compare_digest(given.encode(), secret.encode())
+
+
+def _json_object(optional: bool = False) -> dict[str, Any]:
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        if optional:
+            return {}
+        raise BadRequest("the request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _require(body: Mapping[str, Any], key: str, what: str) -> Any:
+    if body.get(key) is None:
+        raise BadRequest(f"missing {key!r} ({what})")
+    return body[key]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# projects
+
+
+def _label_spec(label_config: Any) -> LabelSpec:
+    if not isinstance(label_config, str):
+        raise BadRequest(f"the labeling config must be an XML string, got {type(label_config).__name__}")
+    try:
+        return parse_label_config(label_config)
+    except LabelConfigError as e:
+        raise BadRequest(f"cannot label this project: {e}") from None
+
+
+def _project_key(value: Any) -> tuple[str, int]:
+    try:
+        return parse_project_id(value)
+    except ProjectIdError as e:
+        raise BadRequest(str(e)) from None
+
+
+def _project_setup(
+    state: BackendState, key: str, number: int, label: LabelSpec, config: BackendConfig, wait: float
+) -> ProjectSetup:
+    if config.question:
+        return ProjectSetup(key, label, config, config.question, "config")
+    description = state.descriptions.get(number, wait=wait)
+    if description:
+        return ProjectSetup(key, label, config, description, "label_studio")
+    return ProjectSetup(key, label, config, default_question(label), "default")
+
+
+def _setup_access(body: Mapping[str, Any]) -> LabelStudioAccess | None:
+    hostname, token = body.get("hostname"), body.get("access_token")
+    if isinstance(hostname, str) and hostname.startswith("http") and isinstance(token, str) and token:
+        return LabelStudioAccess(hostname.rstrip("/"), token)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prediction
+
+
+def _task_text(task: Any, label: LabelSpec) -> tuple[str | None, str | None]:
+    """The text of a task, or None and the reason it has none."""
+    if not isinstance(task, Mapping):
+        return None, f"task is a {type(task).__name__}, not an object"
+    data = task.get("data")
+    if not isinstance(data, Mapping):
+        return None, "task has no 'data' object"
+    if label.data_key not in data:
+        return (
+            None,
+            f"task data has no {label.data_key!r} field (the labeling config's <Text> reads ${label.data_key})",
+        )
+    text = data[label.data_key]
+    if not isinstance(text, str):
+        return None, f"task data {label.data_key!r} is a {type(text).__name__}, not text"
+    if not text.strip():
+        return None, f"task data {label.data_key!r} is empty"
+    return text, None
+
+
+def _failed(version: str, reason: str) -> Prediction:
+    return Prediction(choice=None, score=None, model_version=version, reason=reason)
+
+
+def _predict_robustly(state: BackendState, setup: ProjectSetup, texts: list[str]) -> list[Prediction]:
+    """The predictor's answers; when a batch fails, task by task, so that one bad task does not fail the rest."""
+    version = state.predictor.model_version(setup)
+    try:
+        predictions = state.predictor.predict(setup, texts)
+    except Exception as e:
+        if len(texts) == 1:
+            logger.exception("prediction failed")
+            raise PredictorFailure(f"the model failed: {type(e).__name__}: {e}") from e
+        logger.warning(
+            "prediction of %d tasks failed (%s: %s); retrying task by task", len(texts), type(e).__name__, e
+        )
+        predictions = []
+        successes = 0
+        for i, text in enumerate(texts):
+            try:
+                (single,) = state.predictor.predict(setup, [text])
+                successes += 1
+                predictions.append(single)
+            except Exception as item_error:
+                if successes == 0 and i + 1 >= SYSTEMATIC_FAILURES:
+                    raise PredictorFailure(
+                        f"the model failed: {type(item_error).__name__}: {item_error}"
+                    ) from e
+                predictions.append(
+                    _failed(version, f"the model failed: {type(item_error).__name__}: {item_error}")
+                )
+    if len(predictions) != len(texts):
+        raise RuntimeError(f"the predictor answered {len(predictions)} predictions for {len(texts)} tasks")
+    return predictions
+
+
+def _result_entry(label: LabelSpec, prediction: Prediction, task_id: Any) -> dict[str, Any] | list[Any]:
+    """The /predict entry of one task; a prediction Label Studio would reject becomes no prediction."""
+    problem = prediction.reason
+    if prediction.choice is not None:
+        score = prediction.score
+        if prediction.choice not in label.choices:
+            problem = f"predictor answered {prediction.choice!r}, not one of {list(label.choices)}"
+        elif score is None or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+            problem = f"predictor gave score {score!r}, not a number in [0, 1]"
+        else:
+            return {
+                "result": label.result(prediction.choice),
+                "score": score,
+                "model_version": prediction.model_version,
+            }
+    logger.warning("task %s: no prediction: %s", task_id, problem)
+    return []
+
+
+def _record_llm_usage(state: BackendState, prediction: Prediction) -> None:
+    if not prediction.llms_asked:
+        return
+    if prediction.llm_costs is not None and len(prediction.llm_costs) == len(prediction.llms_asked):
+        for llm, cost in zip(prediction.llms_asked, prediction.llm_costs, strict=True):
+            state.metrics.llm_calls.inc(llm=llm)
+            state.metrics.llm_cost.inc(max(float(cost), 0.0), llm=llm)
+        return
+    for llm in prediction.llms_asked:
+        state.metrics.llm_calls.inc(llm=llm)
+    # only the total is known: it is booked under the chain of LLMs that produced it
+    state.metrics.llm_cost.inc(max(float(prediction.cost), 0.0), llm="+".join(prediction.llms_asked))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# routes
+
+
+def _register_routes(app: Flask, state: BackendState) -> None:
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(
+            {
+                "status": "UP",
+                "model_class": type(state.predictor).__name__,
+                "model": state.model_status,
+                "version": __version__,
+            }
+        )
+
+    @app.post("/setup")
+    def setup() -> Response:
+        body = _json_object()
+        key, number = _project_key(_require(body, "project", "Label Studio's '<id>.<created_at>'"))
+        label_config = _require(body, "schema", "the project's labeling config")
+        label = _label_spec(label_config)
+        try:
+            extra = parse_extra_params(body.get("extra_params"))
+            config = state.config.merged(extra)
+        except ConfigError as e:
+            raise BadRequest(f"bad extra_params: {e}") from None
+        if not config.question:
+            state.descriptions.prefetch(number, fallback=_setup_access(body))
+        project = _project_setup(state, key, number, label, config, wait=0.0)
+        try:
+            version = state.predictor.model_version(project)
+        except ValueError as e:
+            raise BadRequest(f"bad configuration: {e}") from None
+        with state.lock:
+            record = _ProjectRecord(label_config, extra, config)
+            previous = state.projects.get(key)
+            record.versions = (previous.versions if previous else set()) | {version}
+            state.projects[key] = record
+        logger.info("setup of project %s: classes %s, model version %s", key, list(label.choices), version)
+        return jsonify({"model_version": version})
+
+    @app.post("/predict")
+    def predict() -> Response:
+        body = _json_object()
+        tasks = _require(body, "tasks", "the list of tasks to predict")
+        if not isinstance(tasks, list):
+            raise BadRequest(f"'tasks' must be a list of task objects, got {type(tasks).__name__}")
+        key, number = _project_key(_require(body, "project", "Label Studio's '<id>.<created_at>'"))
+        with state.lock:
+            record = state.projects.get(key)
+        config = state.config if record is None else record.config
+        if len(tasks) > config.max_tasks:
+            return _error(413, f"{len(tasks)} tasks in one request; at most {config.max_tasks} (max_tasks)")
+        label_config = body.get("label_config") or (record.label_config if record else None)
+        if label_config is None:
+            raise BadRequest("missing 'label_config' and no /setup for this project")
+        if record is not None and label_config != record.label_config:
+            config = state.config.merged(record.extra_params)  # the config changed after /setup
+        label = _label_spec(label_config)
+        if not config.question:
+            state.descriptions.prefetch(number)
+        project = _project_setup(state, key, number, label, config, wait=state.description_wait)
+        try:
+            version = state.predictor.model_version(project)
+        except ValueError as e:
+            raise BadRequest(f"bad configuration: {e}") from None
+
+        texts: list[str] = []
+        readable: list[int] = []
+        entries: list[dict[str, Any] | list[Any]] = []
+        for i, task in enumerate(tasks):
+            text, reason = _task_text(task, label)
+            if text is None:
+                task_id = task.get("id") if isinstance(task, Mapping) else None
+                logger.warning("task %s: nothing to predict: %s", task_id, reason)
+                state.metrics.record_prediction(None)
+                entries.append({"result": [], "score": 0.0, "model_version": version})
+            else:
+                texts.append(text)
+                readable.append(i)
+                entries.append([])
+        if texts:
+            try:
+                predictions = _predict_robustly(state, project, texts)
+            except PredictorFailure as e:
+                return _error(500, str(e))
+            for i, prediction in zip(readable, predictions, strict=True):
+                _record_llm_usage(state, prediction)
+                entries[i] = _result_entry(label, prediction, tasks[i].get("id"))
+                state.metrics.record_prediction(prediction.score if entries[i] else None)
+        with state.lock:
+            if key in state.projects:
+                state.projects[key].versions.add(version)
+        logger.info(
+            "predicted %d tasks of project %s (%d readable, question from %s)",
+            len(tasks),
+            key,
+            len(texts),
+            project.question_source,
+        )
+        return jsonify({"results": entries})
+
+    @app.get("/versions")
+    def versions() -> Response:
+        body = _json_object(optional=True)  # Label Studio sends {"project": ...} in a GET body
+        with state.lock:
+            record = state.projects.get(str(body.get("project", "")))
+            if record is not None:
+                known = set(record.versions)
+            else:
+                known = {v for r in state.projects.values() for v in r.versions}
+        return jsonify({"versions": sorted(known)})
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        if state.webhook_secret and state.auth is None and not _has_webhook_secret(state.webhook_secret):
+            raise Unauthorized(f"missing or wrong {WEBHOOK_SECRET_HEADER} header")
+        body = _json_object()
+        action = _require(body, "action", "the webhook event, e.g. ANNOTATION_CREATED")
+        if not isinstance(action, str):
+            raise BadRequest(f"'action' must be a string, got {type(action).__name__}")
+        state.descriptions.remember_from_payload(body)
+        logger.info("webhook %s acknowledged", action)
+        return jsonify({"status": "ok", "action": action})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(
+            state.metrics.registry.render(),
+            mimetype="text/plain",
+            content_type=state.metrics.registry.content_type,
+        )
+
+
+def _error(code: int, message: str) -> Response:
+    logger.warning("%s %s -> %d: %s", request.method, request.path, code, message)
+    response = jsonify({"error": message, "status": code})
+    response.status_code = code
+    return response

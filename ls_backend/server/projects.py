@@ -1,0 +1,148 @@
+"""What the server remembers about Label Studio projects: their setup and their description.
+
+Label Studio sends only the labeling config to ``/setup``; a project's description (the default question put
+to the LLMs) is read from Label Studio's API in the background, through label-studio-sdk, when the backend has
+``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (or the ``hostname``/``access_token`` that ``/setup`` carries).
+Webhook payloads carry the project's description too. Label Studio being down or refusing the key only costs
+the description: the question then falls back to one built from the classes.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+URL_ENV = "LABEL_STUDIO_URL"
+API_KEY_ENV = "LABEL_STUDIO_API_KEY"
+_TAG = re.compile(r"<[^>]+>")
+
+
+class ProjectIdError(ValueError):
+    """A project id that is not Label Studio's ``"<id>.<created_at>"`` (or a plain id)."""
+
+
+def parse_project_id(value: Any) -> tuple[str, int]:
+    """Label Studio's project key ``"<id>.<created_at unix>"`` and its numeric id (a plain id is accepted)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ProjectIdError(f"'project' must be a string like '3.1795875050', got {value!r}")
+    key = str(value).strip()
+    head, _, tail = key.partition(".")
+    if not head.isdigit() or (tail and not tail.isdigit()):
+        raise ProjectIdError(
+            f"'project' must look like '<id>.<created_at>' (e.g. '3.1795875050'), got {value!r}"
+        )
+    return key, int(head)
+
+
+def plain_text(markup: str) -> str:
+    """A project description or instruction (may be HTML) as one line of plain text."""
+    return " ".join(html.unescape(_TAG.sub(" ", markup)).split())
+
+
+@dataclass(frozen=True)
+class LabelStudioAccess:
+    """Where the backend reads Label Studio's API: URL and API key (legacy token or personal access token)."""
+
+    url: str
+    api_key: str
+
+    @classmethod
+    def from_env(cls) -> LabelStudioAccess | None:
+        url, key = os.environ.get(URL_ENV, "").strip(), os.environ.get(API_KEY_ENV, "").strip()
+        return cls(url.rstrip("/"), key) if url and key else None
+
+
+def fetch_description_with_sdk(access: LabelStudioAccess, project: int, timeout: float) -> str | None:
+    """The project's description, else its instructions, through label-studio-sdk (None when both are empty)."""
+    from label_studio_sdk.client import LabelStudio
+
+    client = LabelStudio(base_url=access.url, api_key=access.api_key, timeout=timeout, max_retries=0)
+    details = client.projects.get(id=project)
+    for text in (details.description, details.expert_instruction):
+        if isinstance(text, str) and plain_text(text):
+            return plain_text(text)
+    return None
+
+
+Fetcher = Callable[[LabelStudioAccess, int, float], "str | None"]
+
+
+class ProjectDescriptions:
+    """Project descriptions by numeric project id: from webhooks, or fetched from Label Studio in the background.
+
+    Args:
+        access: the configured Label Studio access (None: only what ``/setup`` carries, if anything).
+        fetch: reads one project's description (default: through label-studio-sdk).
+        timeout: seconds one fetch may take.
+    """
+
+    def __init__(
+        self, access: LabelStudioAccess | None = None, fetch: Fetcher | None = None, timeout: float = 5.0
+    ) -> None:
+        self.access = access
+        self.fetch = fetch or fetch_description_with_sdk
+        self.timeout = timeout
+        self._known: dict[int, str | None] = {}
+        self._pending: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, project: int, description: str | None, instruction: str | None = None) -> None:
+        """Record what a webhook payload says about a project."""
+        for text in (description, instruction):
+            if isinstance(text, str) and plain_text(text):
+                with self._lock:
+                    self._known[project] = plain_text(text)
+                return
+        with self._lock:
+            self._known.setdefault(project, None)
+
+    def remember_from_payload(self, payload: Mapping[str, Any]) -> None:
+        project = payload.get("project")
+        if isinstance(project, Mapping) and isinstance(project.get("id"), int):
+            self.remember(project["id"], project.get("description"), project.get("expert_instruction"))
+
+    def prefetch(self, project: int, fallback: LabelStudioAccess | None = None) -> None:
+        """Start reading a project's description unless it is known or being read (never blocks)."""
+        access = self.access or fallback
+        if access is None:
+            return
+        with self._lock:
+            if project in self._known or project in self._pending:
+                return
+            done = self._pending[project] = threading.Event()
+        threading.Thread(
+            target=self._fetch, args=(access, project, done), name=f"ls-project-{project}", daemon=True
+        ).start()
+
+    def _fetch(self, access: LabelStudioAccess, project: int, done: threading.Event) -> None:
+        description: str | None = None
+        try:
+            description = self.fetch(access, project, self.timeout)
+            logger.info("project %d: description read from Label Studio (%s)", project, bool(description))
+        except Exception as e:  # Label Studio down, key refused, project gone: the question falls back
+            logger.warning("project %d: could not read its description from %s: %s", project, access.url, e)
+        with self._lock:
+            # a failed read is not cached, so the next /setup tries again; a webhook may have answered meanwhile
+            if description is not None:
+                self._known[project] = description
+            self._pending.pop(project, None)
+        done.set()
+
+    def get(self, project: int, wait: float = 0.0) -> str | None:
+        """The project's description if known; waits up to ``wait`` seconds for a read in progress."""
+        with self._lock:
+            if project in self._known:
+                return self._known[project]
+            pending = self._pending.get(project)
+        if pending is not None and wait > 0:
+            pending.wait(wait)
+        with self._lock:
+            return self._known.get(project)

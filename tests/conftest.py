@@ -1,0 +1,161 @@
+"""Shared fixtures: a tiny random-weight causal LM saved as a local model folder, a real Label Studio server and
+the ML backend served by ``lwc serve`` in a subprocess (both started once per session, stopped at its end)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_CORPUS = (
+    "Answer with one of yes , no . Answer : Text Which of the labels fits this text best ? Is this message "
+    "spam sport business politics tech entertainment win a free prize now call see you at lunch the match "
+    "ended in a draw shares fell today election new phone film star"
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local Hugging Face model folder: a 2-layer Llama with random weights and a word-level tokenizer whose
+    vocabulary holds the class words of label_config/ (fast and real: the HF adapter loads it from a config)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.set_num_threads(1)
+    words = sorted(set(re.findall(r"\w+|[^\w\s]+", TINY_CORPUS)))
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3} | {w: i + 4 for i, w in enumerate(words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # random weights give logits near 0; make the classes differ clearly
+    folder = tmp_path_factory.mktemp("tiny-llm")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def label_studio() -> Iterator[object]:
+    """A real Label Studio 1.23.2 on a free loopback port with a fresh data directory under .cache/ (installed
+    into .venv-ls first if it is not there: ~110 s once). Yields its Credentials (url, token, ...)."""
+    from ls_backend.server.labelstudio import LabelStudioServer, install
+
+    install()
+    server = LabelStudioServer(
+        port=free_port(),
+        data_dir=REPO_ROOT / ".cache" / "labelstudio" / f"e2e-{os.getpid()}-{int(time.time())}",
+    )
+    try:
+        credentials = server.start()
+    except Exception:
+        server.stop()
+        raise
+    try:
+        yield credentials
+    finally:
+        server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class BackendProcess:
+    url: str
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _wait_model_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    import json
+
+    deadline = time.monotonic() + timeout
+    status = "not started"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"lwc serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                status = json.loads(response.read())["model"]
+        except OSError:
+            status = "not listening"
+        if status == "ready":
+            return
+        if status.startswith("failed"):
+            raise RuntimeError(f"the backend could not load its model: {status}")
+        time.sleep(0.5)
+    raise RuntimeError(f"the backend's model is not ready after {timeout:.0f} s ({status})")
+
+
+@pytest.fixture(scope="session")
+def ml_backend(label_studio: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+    """``lwc serve`` in a subprocess on a free loopback port, with the packaged SmolLM2 (the default LLM),
+    reading project descriptions from the session's Label Studio; waits until the model is loaded."""
+    folder = tmp_path_factory.mktemp("backend")
+    port = free_port()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LWC_CONFIG", "BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+    }
+    env.update(
+        LABEL_STUDIO_URL=label_studio.url,  # type: ignore[attr-defined]
+        LABEL_STUDIO_API_KEY=label_studio.token,  # type: ignore[attr-defined]
+        OMP_NUM_THREADS="1",
+    )
+    log_path = folder / "backend.log"
+    lwc = Path(sys.executable).parent / "lwc"
+    entry = (
+        [str(lwc)]
+        if lwc.exists()
+        else [sys.executable, "-c", "import sys; from ls_backend.cli import main; sys.exit(main())"]
+    )
+    command = [*entry, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_model_ready(url, process, log_path, timeout=300)
+        yield BackendProcess(url, log_path, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,319 @@
+"""The server's parts on their own: labeling-config reading, configuration merging, the metrics registry,
+project ids and descriptions, the ``lwc serve`` command line and the Label Studio launcher's pieces."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ls_backend.server.config import BackendConfig, ConfigError, deep_merge, load_config, parse_extra_params
+from ls_backend.server.labeling import LabelConfigError, parse_label_config
+from ls_backend.server.projects import (
+    LabelStudioAccess,
+    ProjectDescriptions,
+    ProjectIdError,
+    parse_project_id,
+    plain_text,
+)
+from ls_backend.server.telemetry import Histogram, Registry, ServerMetrics, confidence_band
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# labeling configs
+
+
+def test_shipped_label_configs() -> None:
+    binary = parse_label_config((REPO_ROOT / "label_config" / "binary_yes_no.xml").read_text())
+    assert (binary.from_name, binary.to_name, binary.data_key, binary.choices) == (
+        "label",
+        "text",
+        "text",
+        ("yes", "no"),
+    )
+    topics = parse_label_config((REPO_ROOT / "label_config" / "multiclass.xml").read_text())
+    assert topics.choices == ("sport", "business", "politics", "tech", "entertainment")
+    assert topics.result("tech") == [
+        {"from_name": "topic", "to_name": "text", "type": "choices", "value": {"choices": ["tech"]}}
+    ]
+    with pytest.raises(ValueError, match="not one of"):
+        topics.result("weather")
+
+
+def test_alias_is_the_stored_choice_and_value_the_word_asked() -> None:
+    spec = parse_label_config(
+        '<View><Text name="doc" value="$body"/><Choices name="c" toName="doc" choice="multiple">'
+        '<Choice value="positive" alias="POS"/><Choice value="negative" alias="NEG"/></Choices></View>'
+    )
+    assert spec.data_key == "body" and spec.to_name == "doc"
+    assert spec.choices == ("POS", "NEG") and spec.class_words == ("positive", "negative") and spec.multiple
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("", "empty"),
+        ("<View><Text", "does not parse"),
+        ('<View><Text name="t" value="$text"/></View>', "no <Choices>"),
+        (
+            '<View><Image name="i" value="$img"/><Choices name="c" toName="i"><Choice value="a"/>'
+            '<Choice value="b"/></Choices></View>',
+            "exactly one <Text>",
+        ),
+        (
+            '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>',
+            "at least 2",
+        ),
+        (
+            '<View><Text name="t" value="$text"/><Choices name="c" toName="t" value="$options"/></View>',
+            "from task data",
+        ),
+        (
+            '<View><Text name="t" value="plain"/><Choices name="c" toName="t"><Choice value="a"/>'
+            '<Choice value="b"/></Choices></View>',
+            "data key",
+        ),
+    ],
+)
+def test_label_configs_the_backend_cannot_label(config: str, message: str) -> None:
+    with pytest.raises(LabelConfigError, match=re.escape(message)):
+        parse_label_config(config)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# configuration
+
+
+def test_extra_params_forms() -> None:
+    assert (
+        parse_extra_params(None) == {} and parse_extra_params("") == {} and parse_extra_params("null") == {}
+    )
+    assert parse_extra_params('{"question": "q?"}') == {"question": "q?"}
+    assert parse_extra_params({"max_tasks": 3}) == {"max_tasks": 3}
+    for bad in ("{oops", "[1]", 42, ["a"]):
+        with pytest.raises(ConfigError):
+            parse_extra_params(bad)
+
+
+def test_merge_keeps_the_file_and_lets_the_project_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "backend.yaml"
+    path.write_text(
+        "question: Is this spam?\nprompt: {system: be brief, max_text_chars: 100}\n"
+        "llms: [{name: a, kind: hf, model: x}]\ncascade: {thresholds: [0.9]}\n"
+    )
+    monkeypatch.setenv("LWC_CONFIG", str(path))
+    base = load_config()
+    merged = base.merged(
+        {"prompt": {"system": "be kind"}, "llms": [{"name": "b", "kind": "hf", "model": "y"}]}
+    )
+    assert merged.prompt == {"system": "be kind", "max_text_chars": 100}
+    assert [e["name"] for e in merged.llms] == ["b"]  # lists are replaced, not merged
+    assert merged.question == "Is this spam?" and merged.cascade == {"thresholds": [0.9]}
+    assert base.prompt == {"system": "be brief", "max_text_chars": 100}  # the base is untouched
+    assert base.merged({}) is base
+    monkeypatch.delenv("LWC_CONFIG")
+    assert load_config() == BackendConfig()
+
+
+def test_config_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="LWC_CONFIG"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("question: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    for data, message in (
+        ({"questoin": "typo"}, "unknown key"),
+        ({"question": ""}, "non-empty string"),
+        ({"llms": {"name": "a"}}, "must be a list"),
+        ({"prompt": "chat"}, "must be a mapping"),
+        ({"max_tasks": 0}, "positive integer"),
+        ({"max_text_chars": True}, "positive integer"),
+        ({"confidence_bands": [0, 0.5, 0.5, 1]}, "increasing"),
+        ({"confidence_bands": [0, math.nan]}, "increasing"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            BackendConfig.from_mapping(data)
+
+
+@given(
+    st.recursive(
+        st.dictionaries(st.sampled_from("abc"), st.integers() | st.text(max_size=3), max_size=3),
+        lambda children: st.dictionaries(st.sampled_from("abc"), children, max_size=3),
+        max_leaves=10,
+    ),
+    st.dictionaries(st.sampled_from("abc"), st.integers(), max_size=3),
+)
+def test_deep_merge_properties(base: dict, override: dict) -> None:
+    merged = deep_merge(base, override)
+    for key, value in override.items():
+        assert merged[key] == value  # the override wins at its own keys
+    for key in set(base) - set(override):
+        assert merged[key] == base[key]  # everything else of the base is kept
+    assert deep_merge(base, {}) == base
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics
+
+
+def reference_band(score: float, edges: list[float]) -> str:
+    for lo, hi in itertools.pairwise(edges):
+        last = hi == edges[-1]
+        if lo <= score < hi or (last and lo <= score <= hi):
+            return f"[{lo:g},{hi:g}{']' if last else ')'}"
+    return f"[{edges[0]:g},{edges[1]:g})" if score < edges[0] else f"[{edges[-2]:g},{edges[-1]:g}]"
+
+
+@given(st.floats(min_value=-0.5, max_value=1.5, allow_nan=False))
+def test_confidence_band_matches_a_reference(score: float) -> None:
+    edges = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert confidence_band(score, edges) == reference_band(score, edges)
+    assert confidence_band(None, edges) == confidence_band(math.nan, edges) == "none"
+
+
+@given(st.lists(st.floats(min_value=0, max_value=200, allow_nan=False), max_size=50))
+def test_histogram_buckets_are_cumulative(values: list[float]) -> None:
+    histogram = Histogram("h_seconds", "help", ("endpoint",))
+    for v in values:
+        histogram.observe(v, endpoint="/p")
+    lines = histogram.render()
+    buckets = [
+        (m.group(1), int(m.group(2))) for m in map(re.compile(r'.*le="([^"]+)"\} (\d+)').match, lines) if m
+    ]
+    if not values:
+        assert buckets == []
+        return
+    counts = [c for _, c in buckets]
+    assert counts == sorted(counts) and counts[-1] == len(values) and buckets[-1][0] == "+Inf"
+    for le, count in buckets[:-1]:
+        assert count == sum(v <= float(le) for v in values)
+    (total,) = [float(line.split()[-1]) for line in lines if line.startswith("h_seconds_sum")]
+    assert total == pytest.approx(sum(values))
+
+
+def test_counters_are_thread_safe_and_labels_checked() -> None:
+    metrics = ServerMetrics()
+
+    def work() -> None:
+        for _ in range(2000):
+            metrics.llm_calls.inc(llm="a")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert metrics.llm_calls.value(llm="a") == 16000
+    with pytest.raises(ValueError, match="takes labels"):
+        metrics.llm_calls.inc(model="a")
+    with pytest.raises(ValueError, match="only increase"):
+        metrics.llm_cost.inc(-1.0, llm="a")
+    registry = Registry()
+    registry.counter("x_total", "x")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.counter("x_total", "again")
+    counter = registry.counter("y_total", 'with "quotes"', ("name",))
+    counter.inc(name='a"b\\c\nd')
+    assert 'y_total{name="a\\"b\\\\c\\nd"} 1' in registry.render()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# projects
+
+
+def test_project_ids() -> None:
+    assert parse_project_id("3.1795875050") == ("3.1795875050", 3)
+    assert parse_project_id(7) == ("7", 7)
+    for bad in ("", "abc", "3.x", "-1.2", None, True, 1.5):
+        with pytest.raises(ProjectIdError):
+            parse_project_id(bad)
+
+
+def test_descriptions_from_webhooks_and_label_studio() -> None:
+    assert plain_text("<p>Is this <b>spam</b>?&nbsp;</p>\n") == "Is this spam ?"
+    calls: list[int] = []
+
+    def slow_fetch(access: LabelStudioAccess, project: int, timeout: float) -> str | None:
+        calls.append(project)
+        time.sleep(0.2)
+        return None if project == 2 else f"question of {project}"
+
+    descriptions = ProjectDescriptions(LabelStudioAccess("http://ls:8080", "k"), fetch=slow_fetch)
+    descriptions.prefetch(1)
+    descriptions.prefetch(1)  # already being read: not read twice
+    assert descriptions.get(1) is None  # does not block without a wait
+    assert descriptions.get(1, wait=5) == "question of 1"
+    descriptions.prefetch(1)
+    assert calls == [1]
+    descriptions.prefetch(2)
+    assert descriptions.get(2, wait=5) is None
+    descriptions.remember_from_payload(
+        {"project": {"id": 2, "description": "", "expert_instruction": "<i>Hi?</i>"}}
+    )
+    assert descriptions.get(2) == "Hi?"
+    assert ProjectDescriptions(None).get(5, wait=1) is None  # no access: nothing to read, no waiting
+
+
+def test_access_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k")
+    assert LabelStudioAccess.from_env() is None
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://label-studio:8080/")
+    assert LabelStudioAccess.from_env() == LabelStudioAccess("http://label-studio:8080", "k")
+
+
+def test_fetching_from_a_label_studio_that_is_down_fails_fast() -> None:
+    from ls_backend.server.projects import fetch_description_with_sdk
+
+    started = time.perf_counter()
+    with pytest.raises(Exception):  # noqa: B017 - whatever httpx raises for a refused connection
+        fetch_description_with_sdk(LabelStudioAccess("http://127.0.0.1:9", "k" * 40), 1, timeout=2)
+    assert time.perf_counter() - started < 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line and launcher
+
+
+def test_serve_command_line() -> None:
+    from ls_backend.cli import build_parser, main
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.dev, args.config) == ("127.0.0.1", 9090, False, None)
+    args = build_parser().parse_args(
+        ["serve", "--host", "0.0.0.0", "--port", "9191", "--dev", "--no-warm-up"]
+    )
+    assert (args.host, args.port, args.dev, args.no_warm_up) == ("0.0.0.0", 9191, True, True)
+    assert main(["serve", "--port", "0"]) == 2
+    assert main(["serve", "--config", "/nonexistent/backend.yaml"]) == 2
+
+
+def test_launcher_environment_and_missing_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ls_backend.server.labelstudio import LabelStudioError, LabelStudioServer, installed_version
+
+    monkeypatch.setenv("USERNAME", "someone")
+    server = LabelStudioServer(port=18080, data_dir=tmp_path / "data", venv=tmp_path / "no-venv")
+    env = server.environment()
+    assert "USERNAME" not in env and "PASSWORD" not in env
+    assert len(env["LABEL_STUDIO_USER_TOKEN"]) == 40
+    assert (
+        env["ML_BLOCK_LOCAL_IP"] == env["SSRF_PROTECTION_ENABLED"] == env["LATEST_VERSION_CHECK"] == "false"
+    )
+    assert env["LABEL_STUDIO_BASE_DATA_DIR"] == str(tmp_path / "data")
+    assert installed_version(tmp_path / "no-venv") is None
+    with pytest.raises(LabelStudioError, match="install"):
+        server.start(timeout=1)
