@@ -15,7 +15,7 @@ import csv
 import importlib.metadata
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -254,18 +254,46 @@ def truncate(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     return (cut[:space] if space > max_chars // 2 else cut) + "…"
 
 
+EXAMPLE_MAX_CHARS = 300
+
+
+def _task_records(task: BenchmarkTask, seed: int) -> tuple[list[Record], np.ndarray, np.ndarray]:
+    """The source's records, their task labels, and the indices of the task's few-shot examples."""
+    records = [r for r in SOURCES[task.source]() if r.text.strip()]
+    labels = np.array([task.class_of(r.label) for r in records])
+    rng = np.random.default_rng([seed, sum(map(ord, task.spec.name)), 1])
+    # the shortest quarter of each class: examples should not crowd the prompt
+    lengths = np.array([len(r.text) for r in records])
+    examples = []
+    for cls in task.spec.classes:
+        members = np.flatnonzero(labels == cls)
+        short = members[lengths[members] <= np.quantile(lengths[members], 0.25)]
+        examples.append(rng.choice(short))
+    return records, labels, np.array(examples)
+
+
+def task_examples(task: BenchmarkTask, seed: int = 0) -> tuple[tuple[str, str], ...]:
+    """One labeled example per class for few-shot prompts; never among the task's sampled items."""
+    records, labels, examples = _task_records(task, seed)
+    return tuple((truncate(records[i].text, EXAMPLE_MAX_CHARS), str(labels[i])) for i in examples)
+
+
 def sample_task(
     task: BenchmarkTask, n_items: int, seed: int = 0, max_chars: int = DEFAULT_MAX_CHARS
 ) -> list[dict[str, str]]:
     """Seeded sample of a task's items as ``{"id", "task", "text", "label"}`` dicts.
 
     Binary tasks take half "yes" and half "no" where the source has enough of each (the rest from the other
-    side); multi-class tasks take a uniform sample (their class balance follows the source).
+    side); multi-class tasks take a uniform sample (their class balance follows the source). The task's few-shot
+    examples (:func:`task_examples`) are never sampled.
     """
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
-    records = [r for r in SOURCES[task.source]() if r.text.strip()]
-    labels = np.array([task.class_of(r.label) for r in records])
+    records, labels, examples = _task_records(task, seed)
+    labels = labels.copy()
+    # neither class: never drawn (also the duplicates of an example's text, which some sources have)
+    example_texts = {records[i].text for i in examples}
+    labels[[i for i, r in enumerate(records) if r.text in example_texts]] = ""
     rng = np.random.default_rng([seed, sum(map(ord, task.spec.name))])
     if task.positive is not None:
         yes, no = np.flatnonzero(labels == "yes"), np.flatnonzero(labels == "no")
@@ -273,7 +301,8 @@ def sample_task(
         n_no = min(len(no), n_items - n_yes)
         chosen = np.concatenate([rng.choice(yes, n_yes, replace=False), rng.choice(no, n_no, replace=False)])
     else:
-        chosen = rng.choice(len(records), min(n_items, len(records)), replace=False)
+        pool = np.flatnonzero(labels != "")
+        chosen = rng.choice(pool, min(n_items, len(pool)), replace=False)
     chosen = rng.permutation(chosen)
     return [
         {
@@ -303,6 +332,6 @@ def write_benchmark(items_path: str | Path, tasks_path: str | Path, n_items: int
         for item in benchmark_items(n_items, seed):
             f.write(json.dumps(item, ensure_ascii=False) + "\n")
             count += 1
-    tasks = {t.spec.name: t.spec.to_dict() for t in BENCHMARK_TASKS}
+    tasks = {t.spec.name: replace(t.spec, examples=task_examples(t, seed)).to_dict() for t in BENCHMARK_TASKS}
     Path(tasks_path).write_text(yaml.safe_dump({"tasks": tasks}, sort_keys=False, allow_unicode=True))
     return count

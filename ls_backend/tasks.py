@@ -7,9 +7,13 @@ A tasks file is YAML (or JSON)::
         question: "Is this SMS message spam?"
         classes: ["yes", "no"]
         description: "Decide whether a short text message is unsolicited advertising or a scam."
+        examples:                       # optional labeled examples for few-shot prompts
+          - ["WINNER!! Claim your prize now, call 0906...", "yes"]
+          - ["Ok, see you at 7 then.", "no"]
 
 ``question`` is put to the LLMs, ``classes`` are the answers in a fixed order (the order of every logits
-vector), ``description`` is one sentence about the task that out-of-task calibration uses to find similar tasks.
+vector), ``description`` is one sentence about the task that out-of-task calibration uses to find similar tasks,
+``examples`` are (text, class) pairs that LLMs configured for few-shot prompts put before the item.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class TaskSpec:
     question: str
     classes: tuple[str, ...]
     description: str = ""
+    examples: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -43,12 +48,18 @@ class TaskSpec:
             raise TaskSpecError(
                 f"task {self.name!r}: classes must be distinct non-empty names: {list(self.classes)}"
             )
+        for example in self.examples:
+            if len(example) != 2 or not isinstance(example[0], str) or example[1] not in self.classes:
+                raise TaskSpecError(
+                    f"task {self.name!r}: each example must be a [text, class] pair with a class of "
+                    f"{list(self.classes)}, got {example!r}"
+                )
 
     @classmethod
     def from_dict(cls, name: str, d: Mapping[str, Any]) -> TaskSpec:
         if not isinstance(d, Mapping):
             raise TaskSpecError(f"task {name!r}: expected a mapping with 'question' and 'classes'")
-        unknown = set(d) - {"question", "classes", "description"}
+        unknown = set(d) - {"question", "classes", "description", "examples"}
         if unknown:
             raise TaskSpecError(f"task {name!r}: unknown field(s) {sorted(unknown)}")
         for required in ("question", "classes"):
@@ -67,10 +78,18 @@ class TaskSpec:
             question=str(d["question"]),
             classes=tuple(str(c) for c in classes),
             description=str(d.get("description", "")),
+            examples=tuple(tuple(e) if isinstance(e, list | tuple) else e for e in d.get("examples") or ()),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"question": self.question, "classes": list(self.classes), "description": self.description}
+        d: dict[str, Any] = {
+            "question": self.question,
+            "classes": list(self.classes),
+            "description": self.description,
+        }
+        if self.examples:
+            d["examples"] = [list(e) for e in self.examples]
+        return d
 
 
 def load_tasks(path: str | Path) -> dict[str, TaskSpec]:

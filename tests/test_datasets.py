@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from ls_backend.cli import main
-from ls_backend.datasets import BENCHMARK_TASKS, SOURCES, sample_task, truncate
+from ls_backend.datasets import BENCHMARK_TASKS, SOURCES, sample_task, task_examples, truncate
 from ls_backend.tasks import load_tasks
 
 
@@ -55,4 +55,14 @@ def test_cli_writes_items_and_tasks(tmp_path, capsys):
     specs = load_tasks(tasks)
     assert len(rows) == 20 * len(BENCHMARK_TASKS)
     assert all(r["label"] in specs[r["task"]].classes for r in rows)
+    assert all(len(spec.examples) == len(spec.classes) for spec in specs.values())
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["sms_spam", "question_type"])
+def test_few_shot_examples_cover_every_class_and_are_never_items(name):
+    task = next(t for t in BENCHMARK_TASKS if t.spec.name == name)
+    examples = task_examples(task)
+    assert [label for _, label in examples] == list(task.spec.classes)
+    item_texts = {i["text"] for i in sample_task(task, 2000)}
+    assert not item_texts & {text for text, _ in examples}

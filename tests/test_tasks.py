@@ -28,3 +28,10 @@ def test_bad_task_files(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(TaskSpecError, match=message):
         load_tasks(path)
+
+
+def test_examples_round_trip_and_are_checked(tmp_path):
+    spec = TaskSpec("t", "q?", ("yes", "no"), examples=(("buy now", "yes"), ("hi mum", "no")))
+    assert TaskSpec.from_dict("t", spec.to_dict()) == spec
+    with pytest.raises(TaskSpecError, match="example"):
+        TaskSpec("t", "q?", ("yes", "no"), examples=(("text", "maybe"),))
