@@ -1,0 +1,320 @@
+"""A servable model: per-LLM calibrators plus a cascade policy, how it scores an answer, and how it is evaluated.
+
+The served score of an answer (what Label Studio shows, what routes a task to review) is the calibrated
+probability of the cascade's final class: the deciding LLM's when the policy answered with one LLM (``llm<j>``),
+else the mean over the LLMs asked (votes). It is numpy in, numpy out; the version files live in
+:mod:`ls_backend.loop.versions`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ls_backend.calibration import Calibrator, calibrator_from_dict, make_calibrator
+from ls_backend.ensemble.policy import GO_DEEPER, CascadePolicy, CascadeResult
+from ls_backend.ensemble.strategies import level_strategy_ids, resolve_strategies
+
+LLMScoreFunction = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""``score_llm(k, item_indices) -> (answers (m,), class logits (m, C), costs (m,))`` for LLM k (0 = cheapest)."""
+
+_SINGLE = re.compile(r"llm(\d+)")
+
+
+@dataclass
+class ServedPredictions:
+    """What a model answered for a batch.
+
+    Attributes:
+        predictions: the final class index (n,).
+        scores: the served (calibrated) confidence of that class (n,).
+        depth: how many LLMs were asked (n,).
+        costs: what was spent per item (n,), summed over the LLMs asked.
+        cascade: the policy's full trace (per-level answers, scores, keys, actions).
+    """
+
+    predictions: np.ndarray
+    scores: np.ndarray
+    depth: np.ndarray
+    costs: np.ndarray
+    cascade: CascadeResult
+
+
+def threshold_policy(
+    llms: Sequence[str],
+    classes: Sequence[str],
+    threshold: float = 0.8,
+    metadata: dict[str, Any] | None = None,
+) -> CascadePolicy:
+    """The default policy before any in-task label: LLM k answers when its calibrated score is >= ``threshold``,
+    else the next LLM is asked; the last LLM always answers. No training data stands behind it (counts are 0)."""
+    n_llms = len(llms)
+    if n_llms < 1:
+        raise ValueError("a policy needs at least one LLM")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    strategies = resolve_strategies(None, n_llms)
+    level_ids = level_strategy_ids(strategies, n_llms)
+    sizes = [2 ** (k + 1) for k in range(n_llms)]
+    actions = []
+    for k, size in enumerate(sizes):
+        # key = bins of the LLMs so far, last digit = this LLM's bin: 1 means score >= threshold.
+        confident = np.arange(size) % 2 == 1
+        answer_here = confident | (k == n_llms - 1)
+        actions.append(np.where(answer_here, k, GO_DEEPER).astype(np.int64))  # strategy k is "llm{k}"
+    return CascadePolicy(
+        edges=[np.array([float(threshold)]) for _ in range(n_llms)],
+        strategies=tuple(s.name for s in strategies),
+        level_strategies=level_ids,
+        actions=actions,
+        counts=[np.zeros(s, dtype=np.int64) for s in sizes],
+        hits=[np.zeros((s, ids.size)) for s, ids in zip(sizes, level_ids, strict=True)],
+        costs=[np.zeros(s) for s in sizes],
+        now_values=[np.zeros(s) for s in sizes],
+        deeper_values=[np.zeros(s) for s in sizes[:-1]],
+        n_classes=len(classes),
+        llms=tuple(llms),
+        classes=tuple(classes),
+        metadata={"kind": "threshold", "threshold": float(threshold), **(metadata or {})},
+    )
+
+
+class ServingModel:
+    """Calibrators (one per LLM) and a cascade policy over the same LLMs and classes.
+
+    Args:
+        llms: LLM names, cheapest first (the order the policy asks them).
+        classes: class names; index i of logits and answers is ``classes[i]``.
+        calibrators: one fitted calibrator (or its ``to_dict``) per LLM.
+        policy: the cascade policy.
+    """
+
+    def __init__(
+        self,
+        llms: Sequence[str],
+        classes: Sequence[str],
+        calibrators: Sequence[Calibrator | dict[str, Any]],
+        policy: CascadePolicy,
+    ) -> None:
+        self.llms = tuple(str(m) for m in llms)
+        self.classes = tuple(str(c) for c in classes)
+        if len(self.llms) < 1 or len(set(self.llms)) != len(self.llms):
+            raise ValueError(f"llms must be one or more distinct names, got {list(self.llms)}")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be two or more distinct names, got {list(self.classes)}")
+        self.calibrators = [c if isinstance(c, Calibrator) else calibrator_from_dict(c) for c in calibrators]
+        if len(self.calibrators) != len(self.llms):
+            raise ValueError(f"got {len(self.calibrators)} calibrators for {len(self.llms)} LLMs")
+        for name, calibrator in zip(self.llms, self.calibrators, strict=True):
+            if calibrator.requires_fit and not calibrator.is_fitted():
+                raise ValueError(f"the calibrator of LLM {name!r} is not fitted")
+            fitted_classes = getattr(calibrator, "n_classes_", len(self.classes))
+            if fitted_classes != len(self.classes):
+                raise ValueError(
+                    f"the calibrator of LLM {name!r} was fitted on {fitted_classes} classes, not {len(self.classes)}"
+                )
+        if policy.n_llms != len(self.llms):
+            raise ValueError(f"the policy has {policy.n_llms} LLMs, the model {len(self.llms)}")
+        if policy.n_classes != len(self.classes):
+            raise ValueError(f"the policy has {policy.n_classes} classes, the model {len(self.classes)}")
+        if policy.llms and tuple(policy.llms) != self.llms:
+            raise ValueError(
+                f"the policy's LLMs {list(policy.llms)} differ from the model's {list(self.llms)}"
+            )
+        self.policy = policy
+
+    @classmethod
+    def out_of_task(
+        cls,
+        llms: Sequence[str],
+        classes: Sequence[str],
+        calibrators: Sequence[Calibrator | dict[str, Any]] | None = None,
+        policy: CascadePolicy | None = None,
+        threshold: float = 0.8,
+    ) -> ServingModel:
+        """The model before any in-task label: out-of-task calibrators (default: none, the plain softmax) and a
+        given policy (default: :func:`threshold_policy`)."""
+        if calibrators is None:
+            calibrators = [make_calibrator("none") for _ in llms]
+        return cls(llms, classes, calibrators, policy or threshold_policy(llms, classes, threshold))
+
+    # ---- scoring
+
+    def calibrated_probabilities(self, k: int, logits: np.ndarray) -> np.ndarray:
+        """LLM k's calibrated class probabilities (n, C)."""
+        return np.clip(self.calibrators[k].predict_proba(logits), 0.0, 1.0)
+
+    def predict_staged(self, score_llm: LLMScoreFunction, n_items: int) -> ServedPredictions:
+        """The cascade (Algorithm 2) asking LLM k only about the items that reach it; see :data:`LLMScoreFunction`."""
+        n_llms, n_classes = len(self.llms), len(self.classes)
+        probabilities = np.full((n_llms, n_items, n_classes), np.nan)
+        spent = np.zeros((n_llms, n_items))
+
+        def answer_and_score(k: int, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            answers, logits, costs = score_llm(k, items)
+            answers = np.asarray(answers, dtype=np.int64)
+            logits = np.asarray(logits, dtype=np.float64)
+            if logits.shape != (items.size, n_classes):
+                raise ValueError(
+                    f"LLM {self.llms[k]!r} returned logits of shape {logits.shape} for {items.size} items and "
+                    f"{n_classes} classes"
+                )
+            probs = self.calibrated_probabilities(k, logits)
+            probabilities[k, items] = probs
+            spent[k, items] = np.asarray(costs, dtype=np.float64)
+            return answers, probs[np.arange(items.size), answers]
+
+        result = self.policy.predict_staged(answer_and_score, n_items)
+        scores = self._final_scores(result, probabilities)
+        return ServedPredictions(result.predictions, scores, result.depth, spent.sum(axis=0), result)
+
+    def predict(
+        self, logits: np.ndarray, answers: np.ndarray, costs: np.ndarray | None = None
+    ) -> ServedPredictions:
+        """The cascade on fully known outputs: logits (L, n, C), answers (L, n), costs (L, n) or (L,) or None."""
+        logits = np.asarray(logits, dtype=np.float64)
+        answers = np.asarray(answers, dtype=np.int64)
+        n_llms, n_items = answers.shape
+        if logits.shape != (n_llms, n_items, len(self.classes)) or n_llms != len(self.llms):
+            raise ValueError(
+                f"expected logits of shape {(len(self.llms), n_items, len(self.classes))}, got {logits.shape}"
+            )
+        full_costs = (
+            np.zeros((n_llms, n_items))
+            if costs is None
+            else np.broadcast_to(np.asarray(costs, dtype=np.float64).reshape(n_llms, -1), (n_llms, n_items))
+        )
+        return self.predict_staged(
+            lambda k, idx: (answers[k, idx], logits[k, idx], full_costs[k, idx]), n_items
+        )
+
+    def _final_scores(self, result: CascadeResult, probabilities: np.ndarray) -> np.ndarray:
+        n_items = result.predictions.shape[0]
+        items = np.arange(n_items)
+        scores = np.full(n_items, np.nan)
+        if n_items == 0:
+            return scores
+        decided = result.actions[result.depth - 1, items]
+        predicted = result.predictions
+        for action in np.unique(decided):
+            chosen = items[decided == action]
+            match = _SINGLE.fullmatch(self.policy.strategies[int(action)])
+            if match:
+                scores[chosen] = probabilities[int(match.group(1)), chosen, predicted[chosen]]
+            else:
+                asked = probabilities[:, chosen, predicted[chosen]]  # NaN where not asked
+                scores[chosen] = np.nanmean(asked, axis=0)
+        return scores
+
+    # ---- persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "llms": list(self.llms),
+            "classes": list(self.classes),
+            "calibrators": [c.to_dict() for c in self.calibrators],
+            "policy": self.policy.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServingModel:
+        for key in ("llms", "classes", "calibrators", "policy"):
+            if key not in d:
+                raise ValueError(f"model lacks {key!r}")
+        return cls(d["llms"], d["classes"], d["calibrators"], CascadePolicy.from_dict(d["policy"]))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def weighted_ace(
+    scores: np.ndarray, hits: np.ndarray, weights: np.ndarray | None = None, n_bins: int = 10
+) -> float:
+    """The paper's equation 2 (ACE) with item weights: items sorted by score (misses first among ties) and cut
+    into ``n_bins`` bins of equal total weight; mean over non-empty bins of |weighted mean score - hit rate|.
+
+    With equal weights and n divisible by n_bins it equals :func:`ls_backend.metrics.ace`.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    h = np.asarray(hits, dtype=np.float64)
+    w = np.ones_like(s) if weights is None else np.asarray(weights, dtype=np.float64)
+    if s.ndim != 1 or s.shape != h.shape or s.shape != w.shape:
+        raise ValueError(
+            f"scores, hits and weights must be 1-d of one length, got {s.shape}, {h.shape}, {w.shape}"
+        )
+    if s.size == 0:
+        raise ValueError("weighted_ace: no items")
+    if not np.isfinite(s).all() or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weighted_ace: scores must be finite and weights finite, >= 0, with a positive sum")
+    order = np.lexsort((h, s))
+    s, h, w = s[order], h[order], w[order]
+    middle = (np.cumsum(w) - 0.5 * w) / w.sum()
+    bins = np.minimum((middle * n_bins).astype(np.int64), n_bins - 1)
+    total = np.bincount(bins, weights=w, minlength=n_bins)
+    gaps = np.abs(
+        np.bincount(bins, weights=w * s, minlength=n_bins)
+        - np.bincount(bins, weights=w * h, minlength=n_bins)
+    )
+    filled = total > 0
+    return float((gaps[filled] / total[filled]).mean())
+
+
+def evaluate(
+    model: ServingModel,
+    logits: np.ndarray,
+    answers: np.ndarray,
+    costs: np.ndarray,
+    labels: np.ndarray,
+    calibration_weights: np.ndarray | None = None,
+    n_bins: int = 10,
+) -> dict[str, Any]:
+    """Held-out metrics of a model: accuracy and cost per item of the cascade on all given items, and the ACE
+    of the served score on the items with a calibration weight > 0 (NaN weights count as 0).
+
+    ``calibration_weights`` (n,) weight each item as an estimate over the whole task (see
+    :mod:`ls_backend.loop.weighting`); None weights every item 1.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    served = model.predict(logits, answers, costs)
+    hits = served.predictions == labels
+    weights = (
+        np.ones(labels.size) if calibration_weights is None else np.nan_to_num(calibration_weights, nan=0.0)
+    )
+    calibration_items = weights > 0
+    result: dict[str, Any] = {
+        "n_items": int(labels.size),
+        "accuracy": float(hits.mean()) if labels.size else float("nan"),
+        "cost_per_item": float(served.costs.mean()) if labels.size else float("nan"),
+        "mean_depth": float(served.depth.mean()) if labels.size else float("nan"),
+        "n_calibration_items": int(calibration_items.sum()),
+        "ace": float("nan"),
+        "reliability": None,
+    }
+    if calibration_items.any():
+        s, h, w = served.scores[calibration_items], hits[calibration_items], weights[calibration_items]
+        bins = min(n_bins, int(calibration_items.sum()))
+        result["ace"] = weighted_ace(s, h, w, bins)
+        result["reliability"] = reliability_bins(s, h, w, bins)
+    return result
+
+
+def reliability_bins(
+    scores: np.ndarray, hits: np.ndarray, weights: np.ndarray, n_bins: int
+) -> dict[str, list[float]]:
+    """Weighted mean score, hit rate and weight of the equal-weight bins of :func:`weighted_ace` (for plots)."""
+    order = np.lexsort((hits, scores))
+    s, h, w = scores[order], hits[order].astype(np.float64), weights[order]
+    middle = (np.cumsum(w) - 0.5 * w) / w.sum()
+    bins = np.minimum((middle * n_bins).astype(np.int64), n_bins - 1)
+    total = np.bincount(bins, weights=w, minlength=n_bins)
+    filled = total > 0
+    return {
+        "mean_score": (np.bincount(bins, weights=w * s, minlength=n_bins)[filled] / total[filled]).tolist(),
+        "hit_rate": (np.bincount(bins, weights=w * h, minlength=n_bins)[filled] / total[filled]).tolist(),
+        "weight": total[filled].tolist(),
+        "count": np.bincount(bins, minlength=n_bins)[filled].tolist(),
+    }

@@ -1,0 +1,737 @@
+"""The durable label store: webhook events and the labels they carry, in SQLite (WAL), safe for several processes.
+
+Every webhook is inserted as a raw event and applied in one transaction before the server answers, so a label
+Label Studio sent is never lost once acknowledged (``synchronous=FULL`` fsyncs the WAL on every commit). Applying
+is idempotent:
+
+- an annotation is keyed by its Label Studio id; a version with a newer ``updated_at`` replaces the stored one,
+  an equal one is a duplicate (no change), an older one is ``stale`` (ignored);
+- ``ANNOTATIONS_DELETED`` leaves a tombstone: a late ``ANNOTATION_CREATED``/``UPDATED`` of a deleted id is ignored
+  (``deleted``), because Label Studio never reuses annotation ids;
+- an annotation without a usable label (cancelled/skipped, no choice, several choices, a label outside the
+  project's classes) is kept with its ``ignored_reason``; it replaces an earlier labeled version of itself;
+- a payload that cannot be read is stored raw and recorded as ignored (``malformed``) with the error message.
+
+Why a label was asked for is recorded separately (:meth:`LabelStore.mark_requests`): the backend marks tasks it
+sends to humans as a ``calibration`` sample (with each task's inclusion probability) or for ``review``; a label
+on a task with no mark is the ``annotator``'s own choice. See docs/learning-loop.md for which labels feed what.
+
+Connections: one per thread and process (SQLite connections must not cross a fork); writers use
+``BEGIN IMMEDIATE`` and wait up to ``busy_timeout_ms`` for each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ls_backend.loop.events import (
+    DELETE_ACTION,
+    TRAIN_ACTION,
+    UPSERT_ACTIONS,
+    AnnotationRecord,
+    LabelingConfig,
+    MalformedEvent,
+    annotation_record,
+    deleted_ids,
+    labeling_config_of,
+    project_id_of,
+    task_text,
+)
+
+logger = logging.getLogger(__name__)
+
+LabelSource = Literal["calibration", "review", "annotator"]
+LABEL_SOURCES: tuple[LabelSource, ...] = ("calibration", "review", "annotator")
+RequestReason = Literal["calibration", "review"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project INTEGER,
+    action TEXT,
+    origin TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    payload TEXT NOT NULL,
+    outcome TEXT,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS events_project ON events(project, outcome);
+CREATE TABLE IF NOT EXISTS annotations (
+    project INTEGER NOT NULL,
+    annotation_id INTEGER NOT NULL,
+    task_id INTEGER,
+    label TEXT,
+    ignored_reason TEXT,
+    updated_at_us INTEGER,
+    created_at_us INTEGER,
+    completed_by INTEGER,
+    ground_truth INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    change_seq INTEGER NOT NULL,
+    PRIMARY KEY (project, annotation_id)
+);
+CREATE INDEX IF NOT EXISTS annotations_task ON annotations(project, task_id);
+CREATE INDEX IF NOT EXISTS annotations_seq ON annotations(project, change_seq);
+CREATE TABLE IF NOT EXISTS tasks (
+    project INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    text TEXT,
+    PRIMARY KEY (project, task_id)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    project INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('calibration', 'review')),
+    model_version TEXT,
+    inclusion_probability REAL,
+    sampler TEXT,
+    requested_at REAL NOT NULL,
+    PRIMARY KEY (project, task_id, reason)
+);
+CREATE TABLE IF NOT EXISTS projects (
+    project INTEGER PRIMARY KEY,
+    classes TEXT NOT NULL,
+    data_key TEXT,
+    from_name TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    """What :meth:`LabelStore.record_event` did with one payload.
+
+    Attributes:
+        event_id: the stored event's id.
+        action: the payload's ``action`` (None if it had none).
+        project: the numeric project id (None if the payload names none).
+        outcome: ``applied`` (a label changed), ``duplicate``, ``ignored``, ``retrain`` (START_TRAINING) or
+            ``acknowledged`` (an action the loop does not use, e.g. PROJECT_UPDATED).
+        reason: why it was ignored (see :data:`ls_backend.loop.events.IGNORE_REASONS`) or a note.
+        seconds: time spent storing and applying it.
+    """
+
+    event_id: int
+    action: str | None
+    project: int | None
+    outcome: str
+    reason: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def retrain_requested(self) -> bool:
+        return self.outcome == "retrain"
+
+    @property
+    def label_changed(self) -> bool:
+        return self.outcome == "applied"
+
+
+@dataclass(frozen=True)
+class CatchUpResult:
+    """Counts of a catch-up: annotations created, updated, unchanged, ignored (stale/deleted) and tombstoned."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    ignored: int = 0
+    deleted: int = 0
+    malformed: int = 0
+
+
+@dataclass
+class LabeledTasks:
+    """One label per labeled task of a project (a snapshot), aligned arrays.
+
+    When a task has several live labeled annotations, a ground-truth one wins, else the latest updated.
+
+    Attributes:
+        task_ids: (n,) int64.
+        labels: (n,) the chosen class names (object array of str).
+        sources: (n,) ``calibration``, ``review`` or ``annotator`` (object array).
+        inclusion_probabilities: (n,) the calibration sample's inclusion probability, NaN for other sources.
+        texts: the task texts (None where the store has not seen one).
+        annotation_ids, updated_at_us: (n,) int64, which annotation version each label is.
+        watermark: the store's change sequence when the snapshot was taken (labels changed later are newer).
+    """
+
+    task_ids: np.ndarray
+    labels: np.ndarray
+    sources: np.ndarray
+    inclusion_probabilities: np.ndarray
+    texts: list[str | None]
+    annotation_ids: np.ndarray
+    updated_at_us: np.ndarray
+    watermark: int = 0
+    request_versions: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.task_ids.shape[0])
+
+    def subset(self, mask: np.ndarray) -> LabeledTasks:
+        index = np.flatnonzero(mask)
+        return LabeledTasks(
+            task_ids=self.task_ids[index],
+            labels=self.labels[index],
+            sources=self.sources[index],
+            inclusion_probabilities=self.inclusion_probabilities[index],
+            texts=[self.texts[i] for i in index],
+            annotation_ids=self.annotation_ids[index],
+            updated_at_us=self.updated_at_us[index],
+            watermark=self.watermark,
+            request_versions=[self.request_versions[i] for i in index] if self.request_versions else [],
+        )
+
+
+class LabelStore:
+    """Labels of all projects in one SQLite file (see the module docstring).
+
+    Args:
+        path: the database file (created with its directory if missing).
+        synchronous: SQLite's ``synchronous`` pragma: ``FULL`` (default) makes each acknowledged event survive a
+            power cut; ``NORMAL`` survives a crash of the process only, and is faster.
+        busy_timeout_ms: how long a writer waits for another one.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], synchronous: str = "FULL", busy_timeout_ms: int = 10_000
+    ):
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self._local = threading.local()
+        # Threads of one process queue here instead of in SQLite's busy handler, whose sleeps (up to 100 ms
+        # each) let 200 waiting writers starve each other for seconds; other processes still wait in SQLite.
+        self._write_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_PendingEvent] = []
+        self._configs: dict[int, LabelingConfig] = {}
+        self._connection().executescript(SCHEMA)
+
+    # ---- connections
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            return conn
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            logger.warning("label store %s: journal mode is %s, not WAL", self.path, mode)
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # ---- webhooks
+
+    def record_event(self, payload: Any, origin: str = "webhook") -> EventOutcome:
+        """Store a webhook payload (a dict, or its JSON text/bytes) durably and apply it; returns what it did.
+
+        Never raises for bad payloads: they are stored and recorded as ignored (``malformed``). Raises only when
+        the database itself fails (then the server should answer 5xx, and Label Studio's event is lost:
+        :meth:`catch_up` recovers it).
+        """
+        started = time.perf_counter()
+        raw, body, parse_error = _decode_payload(payload)
+        action = body.get("action") if isinstance(body, Mapping) else None
+        action = action if isinstance(action, str) else None
+        project = project_id_of(body) if isinstance(body, Mapping) else None
+        item = _PendingEvent(raw, body, parse_error, action, project, origin)
+        # Group commit: whoever holds the write lock stores every event queued so far in one transaction (one
+        # fsync); a thread whose event a previous holder stored returns at once.
+        with self._pending_lock:
+            self._pending.append(item)
+        with self._write_lock:
+            if not item.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._store_batch(batch)
+        if item.error is not None:
+            raise item.error
+        assert item.event_id is not None and item.outcome is not None
+        return EventOutcome(
+            item.event_id, action, project, item.outcome, item.reason, time.perf_counter() - started
+        )
+
+    def _store_batch(self, batch: list[_PendingEvent]) -> None:
+        """Insert and apply queued events in one transaction (the caller holds the write lock)."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for item in batch:
+                    self._store_one(conn, item)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except Exception as e:
+            for item in batch:
+                item.error, item.event_id, item.outcome = e, None, None
+        for item in batch:
+            item.done = True
+
+    def _store_one(self, db: sqlite3.Connection, item: _PendingEvent) -> None:
+        cursor = db.execute(
+            "INSERT INTO events (project, action, origin, received_at, payload) VALUES (?, ?, ?, ?, ?)",
+            (item.project, item.action, item.origin, time.time(), item.raw),
+        )
+        event_id = int(cursor.lastrowid or 0)
+        outcome: str
+        reason: str | None
+        if item.parse_error is not None:
+            outcome, reason = "ignored", f"malformed: {item.parse_error}"
+        else:
+            assert isinstance(item.body, Mapping)
+            try:
+                outcome, reason = self._apply(db, event_id, item.project, item.action, item.body)
+            except MalformedEvent as e:
+                outcome, reason = "ignored", f"malformed: {e}"
+        db.execute("UPDATE events SET outcome = ?, reason = ? WHERE id = ?", (outcome, reason, event_id))
+        item.event_id, item.outcome, item.reason = event_id, outcome, reason
+
+    def _apply(
+        self, db: sqlite3.Connection, event_id: int, project: int | None, action: str | None, body: Mapping
+    ) -> tuple[str, str | None]:
+        if action is None:
+            raise MalformedEvent("the payload has no 'action'")
+        if action == TRAIN_ACTION:
+            return "retrain", None
+        if action not in (*UPSERT_ACTIONS, DELETE_ACTION):
+            return "acknowledged", f"action {action} does not concern labels"
+        if project is None:
+            raise MalformedEvent(f"{action} payload names no project")
+        if action == DELETE_ACTION:
+            changed = sum(self._tombstone(db, project, i, event_id) for i in deleted_ids(body))
+            return ("applied", None) if changed else ("duplicate", "already deleted")
+        config = labeling_config_of(body.get("project")) or self.project_config(project, db)
+        if config is not None:
+            self._remember_config(db, project, config)
+        record = annotation_record(body.get("annotation"), config)
+        text = task_text(body.get("task"), config)
+        if text is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO tasks (project, task_id, text) VALUES (?, ?, ?)",
+                (project, record.task_id, text),
+            )
+        result = self._upsert(db, project, record, event_id)
+        if result in ("created", "updated"):
+            return "applied", record.ignored_reason
+        if result == "unchanged":
+            return "duplicate", None
+        return "ignored", result
+
+    def _upsert(self, db: sqlite3.Connection, project: int, record: AnnotationRecord, seq: int) -> str:
+        """Apply one annotation version: ``created``, ``updated``, ``unchanged``, ``stale`` or ``deleted``."""
+        row = db.execute(
+            "SELECT updated_at_us, deleted FROM annotations WHERE project = ? AND annotation_id = ?",
+            (project, record.annotation_id),
+        ).fetchone()
+        values = (
+            record.task_id, record.label, record.ignored_reason, record.updated_at_us, record.created_at_us,
+            record.completed_by, int(record.ground_truth), seq, project, record.annotation_id,
+        )  # fmt: skip
+        if row is None:
+            db.execute(
+                "INSERT INTO annotations (task_id, label, ignored_reason, updated_at_us, created_at_us, "
+                "completed_by, ground_truth, change_seq, project, annotation_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                values,
+            )
+            return "created"
+        stored_at, deleted = row
+        if deleted:
+            return "deleted"
+        if stored_at is not None and record.updated_at_us < stored_at:
+            return "stale"
+        if stored_at is not None and record.updated_at_us == stored_at:
+            return "unchanged"
+        db.execute(
+            "UPDATE annotations SET task_id = ?, label = ?, ignored_reason = ?, updated_at_us = ?, "
+            "created_at_us = ?, completed_by = ?, ground_truth = ?, change_seq = ? "
+            "WHERE project = ? AND annotation_id = ?",
+            values,
+        )
+        return "updated"
+
+    def _tombstone(self, db: sqlite3.Connection, project: int, annotation_id: int, seq: int) -> bool:
+        """Mark an annotation deleted (creating a tombstone for an id not seen yet); True if anything changed."""
+        cursor = db.execute(
+            "UPDATE annotations SET deleted = 1, change_seq = ? WHERE project = ? AND annotation_id = ? "
+            "AND deleted = 0",
+            (seq, project, annotation_id),
+        )
+        if cursor.rowcount:
+            return True
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO annotations (project, annotation_id, deleted, change_seq) VALUES (?, ?, 1, ?)",
+            (project, annotation_id, seq),
+        )
+        return bool(cursor.rowcount)
+
+    # ---- catch-up from Label Studio's API
+
+    def catch_up(
+        self,
+        project: int,
+        annotations: Iterable[Mapping[str, Any]],
+        *,
+        texts: Mapping[int, str] | None = None,
+        config: LabelingConfig | None = None,
+        complete: bool = True,
+    ) -> CatchUpResult:
+        """Apply annotations as listed by Label Studio's API (same rules as webhooks), in one transaction.
+
+        ``complete``: the list is every annotation of the project, so a stored live annotation missing from it
+        was deleted while the backend did not listen, and gets a tombstone. ``texts`` maps task ids to texts.
+        """
+        items = list(annotations)
+        with self._transaction() as db:
+            config = config or self.project_config(project, db)
+            if config is not None:
+                self._remember_config(db, project, config)
+            cursor = db.execute(
+                "INSERT INTO events (project, action, origin, received_at, payload, outcome) "
+                "VALUES (?, 'CATCH_UP', 'catch_up', ?, ?, 'applied')",
+                (project, time.time(), json.dumps({"n_annotations": len(items), "complete": complete})),
+            )
+            seq = int(cursor.lastrowid or 0)
+            counts = {"created": 0, "updated": 0, "unchanged": 0, "stale": 0, "deleted": 0}
+            malformed = 0
+            seen: set[int] = set()
+            for item in items:
+                try:
+                    record = annotation_record(item, config)
+                except MalformedEvent as e:
+                    malformed += 1
+                    logger.warning("catch-up of project %s: skipped an annotation: %s", project, e)
+                    continue
+                seen.add(record.annotation_id)
+                counts[self._upsert(db, project, record, seq)] += 1
+            if texts:
+                db.executemany(
+                    "INSERT OR REPLACE INTO tasks (project, task_id, text) VALUES (?, ?, ?)",
+                    [(project, int(t), s) for t, s in texts.items() if isinstance(s, str)],
+                )
+            tombstoned = 0
+            if complete:
+                live = db.execute(
+                    "SELECT annotation_id FROM annotations WHERE project = ? AND deleted = 0", (project,)
+                ).fetchall()
+                for (annotation_id,) in live:
+                    if annotation_id not in seen:
+                        tombstoned += self._tombstone(db, project, annotation_id, seq)
+            result = CatchUpResult(
+                created=counts["created"], updated=counts["updated"], unchanged=counts["unchanged"],
+                ignored=counts["stale"] + counts["deleted"], deleted=tombstoned, malformed=malformed,
+            )  # fmt: skip
+            db.execute("UPDATE events SET reason = ? WHERE id = ?", (json.dumps(result.__dict__), seq))
+        return result
+
+    # ---- project configuration and task texts
+
+    def _remember_config(self, db: sqlite3.Connection, project: int, config: LabelingConfig) -> None:
+        if self._configs.get(project) == config:
+            return
+        self._configs[project] = config
+        db.execute(
+            "INSERT OR REPLACE INTO projects (project, classes, data_key, from_name) VALUES (?, ?, ?, ?)",
+            (project, json.dumps(list(config.classes)), config.data_key, config.from_name),
+        )
+
+    def project_config(self, project: int, db: sqlite3.Connection | None = None) -> LabelingConfig | None:
+        """The classes and text key last seen in a payload of this project (None if never seen)."""
+        row = (
+            (db or self._connection())
+            .execute("SELECT classes, data_key, from_name FROM projects WHERE project = ?", (project,))
+            .fetchone()
+        )
+        return None if row is None else LabelingConfig(tuple(json.loads(row[0])), row[1], row[2])
+
+    def set_config(self, project: int, config: LabelingConfig) -> None:
+        """Set a project's classes and text key (e.g. from the server's parsed labeling config)."""
+        with self._transaction() as db:
+            self._remember_config(db, project, config)
+
+    def set_texts(self, project: int, texts: Mapping[int, str]) -> None:
+        """Remember task texts (e.g. those the server predicted), so that labels can be scored when training."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO tasks (project, task_id, text) VALUES (?, ?, ?)",
+                [(project, int(t), s) for t, s in texts.items()],
+            )
+
+    # ---- why a label was asked for
+
+    def mark_requests(
+        self,
+        project: int,
+        task_ids: Sequence[int],
+        reason: RequestReason,
+        model_version: str | None = None,
+        inclusion_probabilities: Sequence[float] | np.ndarray | None = None,
+        sampler: str | None = None,
+    ) -> list[int]:
+        """Record that the backend asked humans to label these tasks (``calibration`` or ``review``).
+
+        Tasks that already have a live label are skipped (their label was not asked for); a task marked before
+        keeps its first mark. A calibration sample needs each task's inclusion probability in (0, 1]. Returns
+        the task ids that were marked.
+        """
+        if reason not in ("calibration", "review"):
+            raise ValueError(f"reason must be 'calibration' or 'review', got {reason!r}")
+        ids = [int(t) for t in task_ids]
+        if inclusion_probabilities is None:
+            if reason == "calibration":
+                raise ValueError("a calibration sample needs the inclusion probability of each task")
+            probabilities: list[float | None] = [None] * len(ids)
+        else:
+            p = np.asarray(inclusion_probabilities, dtype=np.float64)
+            if p.shape != (len(ids),):
+                raise ValueError(
+                    f"got {p.shape[0] if p.ndim else 0} inclusion probabilities for {len(ids)} tasks"
+                )
+            if not np.isfinite(p).all() or (p <= 0).any() or (p > 1 + 1e-12).any():
+                raise ValueError("inclusion probabilities must lie in (0, 1]")
+            probabilities = [float(v) for v in np.minimum(p, 1.0)]
+        now = time.time()
+        marked: list[int] = []
+        with self._transaction() as db:
+            labeled = {
+                row[0]
+                for row in db.execute(
+                    "SELECT DISTINCT task_id FROM annotations WHERE project = ? AND deleted = 0 AND label IS NOT NULL",
+                    (project,),
+                )
+            }
+            for task_id, probability in zip(ids, probabilities, strict=True):
+                if task_id in labeled:
+                    continue
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO requests (project, task_id, reason, model_version, "
+                    "inclusion_probability, sampler, requested_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (project, task_id, reason, model_version, probability, sampler, now),
+                )
+                if cursor.rowcount:
+                    marked.append(task_id)
+        return marked
+
+    def requested_tasks(self, project: int, reason: RequestReason) -> list[int]:
+        """Task ids marked for ``reason`` (labeled or not)."""
+        rows = self._connection().execute(
+            "SELECT task_id FROM requests WHERE project = ? AND reason = ? ORDER BY task_id",
+            (project, reason),
+        )
+        return [int(r[0]) for r in rows]
+
+    # ---- reading labels
+
+    def labels(self, project: int) -> LabeledTasks:
+        """A snapshot of one label per labeled task, with its source (see :class:`LabeledTasks`)."""
+        conn = self._connection()
+        conn.execute("BEGIN")  # one consistent read snapshot
+        try:
+            watermark = self._watermark(conn, project)
+            rows = conn.execute(
+                """
+                WITH ranked AS (
+                    SELECT a.*, ROW_NUMBER() OVER (
+                        PARTITION BY task_id ORDER BY ground_truth DESC, updated_at_us DESC, annotation_id DESC
+                    ) AS rank
+                    FROM annotations a
+                    WHERE project = ? AND deleted = 0 AND label IS NOT NULL
+                )
+                SELECT r.task_id, r.label, r.annotation_id, r.updated_at_us, t.text,
+                       c.inclusion_probability, c.model_version, v.model_version,
+                       CASE WHEN c.task_id IS NOT NULL THEN 'calibration'
+                            WHEN v.task_id IS NOT NULL THEN 'review' ELSE 'annotator' END
+                FROM ranked r
+                LEFT JOIN tasks t ON t.project = ? AND t.task_id = r.task_id
+                LEFT JOIN requests c ON c.project = ? AND c.task_id = r.task_id AND c.reason = 'calibration'
+                LEFT JOIN requests v ON v.project = ? AND v.task_id = r.task_id AND v.reason = 'review'
+                WHERE r.rank = 1
+                ORDER BY r.task_id
+                """,
+                (project, project, project, project),
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        n = len(rows)
+        return LabeledTasks(
+            task_ids=np.array([r[0] for r in rows], dtype=np.int64).reshape(n),
+            labels=np.array([r[1] for r in rows], dtype=object).reshape(n),
+            sources=np.array([r[8] for r in rows], dtype=object).reshape(n),
+            inclusion_probabilities=np.array(
+                [np.nan if r[5] is None else r[5] for r in rows], dtype=np.float64
+            ).reshape(n),
+            texts=[r[4] for r in rows],
+            annotation_ids=np.array([r[2] for r in rows], dtype=np.int64).reshape(n),
+            updated_at_us=np.array([r[3] for r in rows], dtype=np.int64).reshape(n),
+            watermark=watermark,
+            request_versions=[r[6] or r[7] for r in rows],
+        )
+
+    def _watermark(self, conn: sqlite3.Connection, project: int) -> int:
+        row = conn.execute("SELECT MAX(change_seq) FROM annotations WHERE project = ?", (project,)).fetchone()
+        return int(row[0] or 0)
+
+    def watermark(self, project: int) -> int:
+        """The change sequence of the project's latest label change (0 when none)."""
+        return self._watermark(self._connection(), project)
+
+    def changes_since(self, project: int, watermark: int) -> int:
+        """How many annotations changed (created, updated, deleted) after ``watermark``."""
+        row = (
+            self._connection()
+            .execute(
+                "SELECT COUNT(*) FROM annotations WHERE project = ? AND change_seq > ?", (project, watermark)
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    def annotation(self, project: int, annotation_id: int) -> dict[str, Any] | None:
+        """The stored state of one annotation (None if never seen)."""
+        conn = self._connection()
+        cursor = conn.execute(
+            "SELECT * FROM annotations WHERE project = ? AND annotation_id = ?", (project, annotation_id)
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+    def counts(self, project: int) -> dict[str, Any]:
+        """Labels by source, annotations without a label by reason, ignored events by reason, event totals."""
+        labeled = self.labels(project)
+        by_source = {source: int((labeled.sources == source).sum()) for source in LABEL_SOURCES}
+        conn = self._connection()
+        unlabeled = dict(
+            conn.execute(
+                "SELECT ignored_reason, COUNT(*) FROM annotations WHERE project = ? AND deleted = 0 "
+                "AND ignored_reason IS NOT NULL GROUP BY ignored_reason",
+                (project,),
+            ).fetchall()
+        )
+        events = conn.execute(
+            "SELECT reason, COUNT(*) FROM events WHERE (project = ? OR project IS NULL) AND outcome = 'ignored' "
+            "GROUP BY reason",
+            (project,),
+        ).fetchall()
+        ignored_events: dict[str, int] = {}
+        for reason, count in events:
+            key = str(reason).split(":", 1)[0] if reason else "unknown"
+            ignored_events[key] = ignored_events.get(key, 0) + int(count)
+        deleted = conn.execute(
+            "SELECT COUNT(*) FROM annotations WHERE project = ? AND deleted = 1", (project,)
+        ).fetchone()[0]
+        totals = dict(
+            conn.execute(
+                "SELECT origin, COUNT(*) FROM events WHERE project = ? GROUP BY origin", (project,)
+            ).fetchall()
+        )
+        requested = dict(
+            conn.execute(
+                "SELECT reason, COUNT(*) FROM requests WHERE project = ? GROUP BY reason", (project,)
+            ).fetchall()
+        )
+        return {
+            "labeled_tasks": len(labeled),
+            "labels_by_source": by_source,
+            "annotations_without_label": {str(k): int(v) for k, v in unlabeled.items()},
+            "ignored_events": ignored_events,
+            "deleted_annotations": int(deleted),
+            "events": {str(k): int(v) for k, v in totals.items()},
+            "requested": {str(k): int(v) for k, v in requested.items()},
+        }
+
+    def events(self, project: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest stored events (newest first), without their payloads."""
+        conn = self._connection()
+        query = "SELECT id, project, action, origin, received_at, outcome, reason FROM events"
+        args: tuple[Any, ...] = ()
+        if project is not None:
+            query += " WHERE project = ?"
+            args = (project,)
+        cursor = conn.execute(query + " ORDER BY id DESC LIMIT ?", (*args, int(limit)))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+@dataclass
+class _PendingEvent:
+    """A webhook waiting for the group commit, and what storing it gave."""
+
+    raw: str
+    body: Any
+    parse_error: str | None
+    action: str | None
+    project: int | None
+    origin: str
+    done: bool = False
+    event_id: int | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    error: Exception | None = None
+
+
+def _decode_payload(payload: Any) -> tuple[str, Any, str | None]:
+    """(raw text to store, parsed body, parse error or None)."""
+    if isinstance(payload, bytes | bytearray):
+        raw = bytes(payload).decode("utf-8", errors="replace")
+    elif isinstance(payload, str):
+        raw = payload
+    else:
+        try:
+            return (
+                json.dumps(payload, ensure_ascii=False),
+                payload,
+                (
+                    None
+                    if isinstance(payload, Mapping)
+                    else f"the payload is a {type(payload).__name__}, not an object"
+                ),
+            )
+        except (TypeError, ValueError) as e:
+            return repr(payload), None, f"the payload is not JSON-serializable: {e}"
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as e:
+        return raw, None, f"not JSON: {e}"
+    if not isinstance(body, Mapping):
+        return raw, None, f"the payload is a JSON {type(body).__name__}, not an object"
+    return raw, body, None
