@@ -1,0 +1,191 @@
+"""The reproduction script end to end on a small synthetic table (quick mode), and its parts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ls_backend.scores import read_scores
+from ls_backend.synthetic import synthetic_embeddings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "scripts" / "reproduce_paper.py"
+RESCORE = REPO_ROOT / "scripts" / "rescore_benchmark.py"
+
+HEADINGS = (
+    "## Headline",
+    "## Benchmark",
+    "## Settings",
+    "## Table 1: uncalibrated vs out-of-task calibration (binary tasks)",
+    "## Table 2: best in-task method per shot count (binary tasks)",
+    "## Table 5: every shots x sampler x calibrator cell (binary tasks)",
+    "## Multi-class tasks: in-task calibration",
+    "## Table 3: single LLMs, votes and cascades",
+    "### 5 bins per LLM",
+    "### 10 bins per LLM",
+    "## Figures",
+    "## Claims",
+    "## Paired statistics",
+    "## Discussion",
+)
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def repro() -> ModuleType:
+    return load_script(SCRIPT, "reproduce_paper")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, repro: ModuleType) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bench")
+    scores, tasks = repro.write_synthetic(folder, n_items=100, seed=1)
+    names = list(read_scores(scores).tasks)
+    vectors = synthetic_embeddings(names)
+    embeddings = folder / "embeddings.json"
+    embeddings.write_text(json.dumps({n: v.tolist() for n, v in zip(names, vectors, strict=True)}))
+    return {"scores": scores, "tasks": tasks, "embeddings": embeddings, "folder": folder}
+
+
+def run_script(inputs: dict[str, Path], *extra: str) -> subprocess.CompletedProcess[str]:
+    folder = inputs["folder"]
+    command = [
+        sys.executable, str(SCRIPT), "--scores", str(inputs["scores"]), "--tasks", str(inputs["tasks"]),
+        "--task-embeddings", str(inputs["embeddings"]), "--out", str(folder / "results.md"),
+        "--figures", str(folder / "figures"), "--quick", "--no-progress", *extra,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+
+
+def test_report_is_byte_identical_across_runs_and_worker_counts(inputs: dict[str, Path]) -> None:
+    out = inputs["folder"] / "results.md"
+    first = run_script(inputs)
+    assert first.returncode == 0, first.stderr
+    text = out.read_text(encoding="utf-8")
+    figures = sorted(p.name for p in (inputs["folder"] / "figures").iterdir())
+    assert figures == ["ace_vs_shots.png", "cost_frontier.png", "reliability.png"]
+    out.unlink()
+    second = run_script(inputs, "--jobs", "2")  # the same numbers whatever the number of worker processes
+    assert second.returncode == 0, second.stderr
+    assert out.read_text(encoding="utf-8") == text
+
+    for heading in HEADINGS:
+        assert f"\n{heading}\n" in text, heading
+    for figure in figures:
+        assert f"](figures/{figure})" in text
+    assert "**Quick mode**" in text
+    assert text.count("- **Claim ") == 5  # claim 1, claim 2 (SE, IE), claim 3 (5 and 10 bins)
+    assert "Wilcoxon" in text and not re.search(r"\bnan\b", text, flags=re.IGNORECASE)
+    # Every LLM and task appears in the report.
+    table = read_scores(inputs["scores"])
+    for name in [*table.tasks, *table.llms]:
+        assert name in text
+
+
+def test_missing_scores_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--scores", str(tmp_path / "none.jsonl.gz"), "--no-progress"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "rescore_benchmark" in result.stderr
+
+
+def comparison(repro: ModuleType, a: list[float], b: list[float]) -> Any:
+    settings = repro.Settings(bootstrap_resamples=50)
+    return repro.compare("x", "a", "b", np.array(a), np.array(b), "pair", settings)
+
+
+def test_verdicts(repro: ModuleType) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.2, 30)
+    lower = comparison(repro, list(base * 0.5), list(base))
+    assert repro.verdict(lower, want_lower=True) == "holds"
+    assert repro.verdict(lower, want_lower=False) == "does not hold (significantly the other way)"
+    noisy = comparison(repro, list(base[:6] - 0.001 * np.array([1, -1, 1, -1, 1, 1])), list(base[:6]))
+    assert repro.verdict(noisy, want_lower=True) == "same direction, not significant"
+    assert lower.relative == pytest.approx(-0.5)
+    assert lower.ci[0] < lower.test.mean_difference < lower.ci[1]
+
+
+def test_compare_drops_nan_pairs_explicitly(repro: ModuleType) -> None:
+    c = comparison(repro, [0.1, np.nan, 0.3, 0.2], [0.2, 0.1, np.nan, 0.3])
+    assert c.test.n_pairs == 2 and c.a.tolist() == [0.1, 0.2]
+
+
+def test_cascade_seeds_are_independent_of_other_tasks_and_paired_across_bins(repro: ModuleType) -> None:
+    assert repro.cascade_seed(0, "sms_spam", 0) == repro.cascade_seed(0, "sms_spam", 0)
+    seeds = {repro.cascade_seed(0, task, r) for task in ("a", "b") for r in range(3)}
+    assert len(seeds) == 6
+    settings = repro.Settings(eval_repeats=2, cascade_bins=(5, 10))
+    table = read_scores_fixture(repro)
+    jobs = repro.cascade_jobs(table, table.llms, settings)
+    by_key = {(j.task, j.repeat): set() for j in jobs}
+    for job in jobs:
+        by_key[job.task, job.repeat].add(job.seed)
+    assert all(len(s) == 1 for s in by_key.values())  # 5 and 10 bins share each split
+    assert len(jobs) == len(table) * 2 * 2
+
+
+def read_scores_fixture(repro: ModuleType) -> Any:
+    from ls_backend.synthetic import make_synthetic_scores
+
+    return make_synthetic_scores(n_tasks=2, n_items=60)
+
+
+def test_markdown_table_alignment(repro: ModuleType) -> None:
+    text = repro.markdown_table(["name", "value"], [["a", "1.0"], ["long name", "10.25"]])
+    lines = text.splitlines()
+    assert lines[0] == "| name      | value |"
+    assert lines[1] == "|-----------|------:|"
+    assert lines[3] == "| long name | 10.25 |"
+    assert (
+        repro.fmt(float("nan")) == "-" and repro.fmt(0.12345) == "0.1235" and repro.pval(1e-7) == "< 0.0001"
+    )
+
+
+def test_provenance_only_records_models_prompts_and_costs(tmp_path: Path, repro: ModuleType) -> None:
+    rescore = load_script(RESCORE, "rescore_benchmark")
+    scores, _tasks = repro.write_synthetic(tmp_path, n_items=20, seed=0)
+    (tmp_path / "items.jsonl").write_text('{"id": "0", "task": "spam_0", "text": "hi", "label": "yes"}\n')
+    table = read_scores(scores)
+    llms = tmp_path / "llms.yaml"
+    llms.write_text(
+        "llms:\n"
+        + "".join(
+            f"  - name: {name}\n    kind: packaged\n    model: {model}\n"
+            for name, model in zip(
+                table.llms,
+                ("smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"),
+                strict=True,
+            )
+        )
+    )
+    assert rescore.main(["--llms", str(llms), "--dir", str(tmp_path), "--provenance-only"]) == 0
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    by_name = {entry["name"]: entry for entry in provenance["llms"]}
+    from ls_backend.llms.packaged import packaged_model
+
+    assert by_name[table.llms[0]]["sha256"] == packaged_model("smollm2-135m-instruct").sha256
+    expected = float(np.concatenate([t.costs[t.llm_index(table.llms[0])] for t in table]).mean())
+    assert by_name[table.llms[0]]["mean_seconds_per_item"] == pytest.approx(expected)
+    assert set(provenance["prompts"][table.llms[1]]) == set(table.tasks)
+    assert provenance["files"]["scores"]["sha256"] == repro.sha256_of(scores)
+    assert provenance["package_versions"]["numpy"] == np.__version__
