@@ -1,0 +1,191 @@
+"""Build a cascade's LLMs from a config: a YAML/JSON file or a dict, the LLMs listed cheapest first.
+
+::
+
+    llms:
+      - name: smollm2                 # unique id (scores tables, score cache)
+        kind: packaged                # hf | packaged | bedrock | openai (see KINDS)
+        model: smollm2-135m-instruct  # hub id, local folder, GGUF file, packaged name or remote model id
+        device: cpu
+        dtype: float32
+        batch_size: 8
+        prompt: {chat: true}          # overrides of the task's prompt for this LLM
+        cost: {unit: seconds}         # or {unit: per_token, per_input_token: 3.0e-7, per_output_token: 1.5e-6}
+      - name: qwen-local
+        kind: hf
+        model: /models/qwen2.5-0.5b-instruct
+        method: generate
+        max_new_tokens: 3
+
+Every key other than ``name``, ``kind``, ``prompt`` and ``cost`` goes to the kind's constructor as a keyword
+argument; unknown keys are rejected with the list of accepted ones. Kinds are registered in :data:`KINDS` as
+``"module:attribute"`` strings, imported only when an LLM of that kind is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ls_backend.llms.base import LLM, CostModel
+from ls_backend.llms.prompts import PromptError, PromptTemplate
+
+if TYPE_CHECKING:
+    from ls_backend.tasks import TaskSpec
+
+
+class LLMConfigError(ValueError):
+    """An LLM config entry that is missing something, names an unknown kind or has unknown fields."""
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """How to build one kind of LLM: ``factory`` (``"module:attr"`` or ``"module:Class.method"``) is called with
+    the entry's keyword arguments; ``forwards_to`` names a class whose constructor takes the factory's ``**kwargs``
+    (so its parameters are accepted too)."""
+
+    factory: str
+    forwards_to: str | None = None
+
+
+KINDS: dict[str, KindSpec] = {
+    "hf": KindSpec("ls_backend.llms.hf:HFLLM.from_pretrained", forwards_to="ls_backend.llms.hf:HFLLM"),
+    "packaged": KindSpec("ls_backend.llms.packaged:packaged_llm", forwards_to="ls_backend.llms.hf:HFLLM"),
+    "bedrock": KindSpec("ls_backend.llms.bedrock:BedrockLLM"),
+    "openai": KindSpec("ls_backend.llms.openai_compat:OpenAICompatibleLLM"),
+}
+# per-LLM prompt overrides; the question's classes and the few-shot examples belong to the task
+PROMPT_OVERRIDES = ("question", "template", "chat", "system", "max_text_chars")
+RESERVED = ("name", "kind", "prompt", "cost")
+# filled by the builder, never by the config
+_SUPPLIED = ("self", "name", "cost_model")
+
+
+def register_kind(kind: str, factory: str, forwards_to: str | None = None) -> None:
+    """Add (or replace) a kind of LLM: ``factory`` is ``"module:attr"``, imported when first built."""
+    if ":" not in factory:
+        raise ValueError(f"register_kind: factory must look like 'package.module:attribute', got {factory!r}")
+    KINDS[kind] = KindSpec(factory, forwards_to)
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module_name, _, attribute = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """One validated LLM entry of a config (nothing loaded yet)."""
+
+    name: str
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+    prompt: dict[str, Any] = field(default_factory=dict)
+    cost: CostModel = field(default_factory=CostModel)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], position: int = 0) -> LLMConfig:
+        where = f"llms[{position}]"
+        if not isinstance(d, Mapping):
+            raise LLMConfigError(f"{where}: expected a mapping with at least 'name' and 'kind', got {d!r}")
+        name = d.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise LLMConfigError(f"{where}: 'name' must be a non-empty string")
+        where = f"llms[{position}] ({name!r})"
+        kind = d.get("kind")
+        if kind not in KINDS:
+            raise LLMConfigError(f"{where}: unknown kind {kind!r}; expected one of {sorted(KINDS)}")
+        prompt = dict(d.get("prompt") or {})
+        if kind == "packaged" and isinstance(d.get("model"), str):
+            from ls_backend.llms.packaged import PACKAGED_MODELS
+
+            if d["model"] in PACKAGED_MODELS:  # an unknown name is reported when the LLM is built
+                prompt = {**PACKAGED_MODELS[d["model"]].prompt, **prompt}
+        unknown = set(prompt) - set(PROMPT_OVERRIDES)
+        if unknown:
+            raise LLMConfigError(
+                f"{where}: unknown prompt field(s) {sorted(unknown)}; an LLM may override {list(PROMPT_OVERRIDES)}"
+            )
+        try:  # validate the overrides now, not at the first item
+            PromptTemplate.from_dict({"question": "q", "classes": ["a", "b"], **prompt})
+            cost = CostModel.from_dict(d.get("cost"))
+        except (PromptError, TypeError, ValueError) as e:
+            raise LLMConfigError(f"{where}: {e}") from None
+        options = {k: v for k, v in d.items() if k not in RESERVED}
+        return cls(name=name, kind=str(kind), options=options, prompt=prompt, cost=cost)
+
+    def prompt_for(self, task: TaskSpec, examples: Sequence[tuple[str, str]] = ()) -> PromptTemplate:
+        """The task's prompt with this LLM's overrides and the given few-shot examples."""
+        return PromptTemplate.from_task(task, examples=tuple(tuple(e) for e in examples), **self.prompt)
+
+    def accepted_options(self) -> list[str] | None:
+        """Keyword arguments the kind's factory takes (None: it takes any)."""
+        spec = KINDS[self.kind]
+        accepted, open_ended = _parameters(_resolve(spec.factory))
+        if open_ended and spec.forwards_to:
+            forwarded, open_ended = _parameters(_resolve(spec.forwards_to))
+            accepted |= forwarded
+        return None if open_ended else sorted(accepted - set(_SUPPLIED))
+
+    def build(self) -> LLM:
+        """Construct (load) the LLM; unknown options are an error naming the accepted ones."""
+        accepted = self.accepted_options()
+        if accepted is not None:
+            unknown = set(self.options) - set(accepted)
+            if unknown:
+                raise LLMConfigError(
+                    f"LLM {self.name!r} (kind {self.kind}): unknown field(s) {sorted(unknown)}; "
+                    f"accepted: {accepted} plus {list(RESERVED)}"
+                )
+        factory = _resolve(KINDS[self.kind].factory)
+        return factory(name=self.name, cost_model=self.cost, **self.options)
+
+
+def _parameters(fn: Callable[..., Any]) -> tuple[set[str], bool]:
+    params = inspect.signature(fn).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def parse_llm_configs(config: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[LLMConfig]:
+    """Validate a config (``{"llms": [...]}`` or the list itself) into entries, in the given (cost) order."""
+    entries = config.get("llms") if isinstance(config, Mapping) else config
+    if not isinstance(entries, Sequence) or isinstance(entries, str) or not entries:
+        raise LLMConfigError("LLM config: expected a non-empty list under 'llms'")
+    if isinstance(config, Mapping) and set(config) - {"llms"}:
+        raise LLMConfigError(f"LLM config: unknown top-level field(s) {sorted(set(config) - {'llms'})}")
+    parsed = [LLMConfig.from_dict(entry, i) for i, entry in enumerate(entries)]
+    names = [c.name for c in parsed]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise LLMConfigError(f"LLM config: names must be unique; repeated: {duplicates}")
+    return parsed
+
+
+def load_llm_configs(path: str | Path) -> list[LLMConfig]:
+    """Read and validate an LLM config file (YAML, or JSON by its ``.json`` suffix)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"LLM config {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        return parse_llm_configs(data)
+    except LLMConfigError as e:
+        raise LLMConfigError(f"{path}: {e}") from None
+
+
+def build_llms(config: str | Path | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[LLM]:
+    """Build every LLM of a config (a path, a dict or a list of entries), in its order."""
+    entries = load_llm_configs(config) if isinstance(config, str | Path) else parse_llm_configs(config)
+    return [entry.build() for entry in entries]
