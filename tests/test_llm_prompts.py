@@ -139,3 +139,23 @@ def test_scored_batch_validates_and_concatenates() -> None:
         ScoredBatch(np.array([0]), np.array([[np.nan, 0.0]]), np.array([0.1]))
     with pytest.raises(ValueError, match="costs"):
         ScoredBatch(np.array([0]), np.array([[1.0, 0.0]]), np.array([-0.1]))
+
+
+def test_few_shot_takes_the_tasks_examples_per_class() -> None:
+    from ls_backend.llms.config import LLMConfig, LLMConfigError
+
+    task = TaskSpec(
+        "t",
+        "Spam?",
+        ("yes", "no"),
+        examples=(("win cash", "yes"), ("win a car", "yes"), ("hi mum", "no")),
+    )
+    one = LLMConfig.from_dict({"name": "a", "kind": "hf", "model": "x", "few_shot": 1})
+    assert one.prompt_for(task).examples == (("win cash", "yes"), ("hi mum", "no"))
+    zero = LLMConfig.from_dict({"name": "b", "kind": "hf", "model": "x"})
+    assert zero.prompt_for(task).examples == ()
+    gemma = LLMConfig.from_dict({"name": "g", "kind": "packaged", "model": "gemma3-270m"})
+    assert gemma.few_shot == 1
+    assert gemma.prompt_for(task, examples=[("given", "no")]).examples == (("given", "no"),)
+    with pytest.raises(LLMConfigError, match="few_shot"):
+        LLMConfig.from_dict({"name": "c", "kind": "hf", "model": "x", "few_shot": -1})

@@ -10,6 +10,7 @@
         dtype: float32
         batch_size: 8
         prompt: {chat: true}          # overrides of the task's prompt for this LLM
+        few_shot: 0                   # the task's labeled examples to show, per class (packaged: recommended)
         cost: {unit: seconds}         # or {unit: per_token, per_input_token: 3.0e-7, per_output_token: 1.5e-6}
       - name: qwen-local
         kind: hf
@@ -17,7 +18,10 @@
         method: generate
         max_new_tokens: 3
 
-Every key other than ``name``, ``kind``, ``prompt`` and ``cost`` goes to the kind's constructor as a keyword
+``few_shot`` takes up to that many of the task's own examples (``TaskSpec.examples``) per class, in the task's
+order; a packaged model defaults to its recommended count (1 for the Gemma base model, 0 for the instruct ones).
+
+Every key other than ``name``, ``kind``, ``prompt``, ``few_shot`` and ``cost`` goes to the kind's constructor as a keyword
 argument; unknown keys are rejected with the list of accepted ones. Kinds are registered in :data:`KINDS` as
 ``"module:attribute"`` strings, imported only when an LLM of that kind is built.
 """
@@ -61,7 +65,7 @@ KINDS: dict[str, KindSpec] = {
 }
 # per-LLM prompt overrides; the question's classes and the few-shot examples belong to the task
 PROMPT_OVERRIDES = ("question", "template", "chat", "system", "max_text_chars")
-RESERVED = ("name", "kind", "prompt", "cost")
+RESERVED = ("name", "kind", "prompt", "few_shot", "cost")
 # filled by the builder, never by the config
 _SUPPLIED = ("self", "name", "cost_model")
 
@@ -90,6 +94,7 @@ class LLMConfig:
     options: dict[str, Any] = field(default_factory=dict)
     prompt: dict[str, Any] = field(default_factory=dict)
     cost: CostModel = field(default_factory=CostModel)
+    few_shot: int = 0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], position: int = 0) -> LLMConfig:
@@ -104,11 +109,16 @@ class LLMConfig:
         if kind not in KINDS:
             raise LLMConfigError(f"{where}: unknown kind {kind!r}; expected one of {sorted(KINDS)}")
         prompt = dict(d.get("prompt") or {})
+        few_shot = d.get("few_shot")
         if kind == "packaged" and isinstance(d.get("model"), str):
             from ls_backend.llms.packaged import PACKAGED_MODELS
 
             if d["model"] in PACKAGED_MODELS:  # an unknown name is reported when the LLM is built
                 prompt = {**PACKAGED_MODELS[d["model"]].prompt, **prompt}
+                few_shot = PACKAGED_MODELS[d["model"]].few_shot if few_shot is None else few_shot
+        few_shot = 0 if few_shot is None else few_shot
+        if not isinstance(few_shot, int) or isinstance(few_shot, bool) or few_shot < 0:
+            raise LLMConfigError(f"{where}: 'few_shot' must be an integer >= 0, got {few_shot!r}")
         unknown = set(prompt) - set(PROMPT_OVERRIDES)
         if unknown:
             raise LLMConfigError(
@@ -120,10 +130,13 @@ class LLMConfig:
         except (PromptError, TypeError, ValueError) as e:
             raise LLMConfigError(f"{where}: {e}") from None
         options = {k: v for k, v in d.items() if k not in RESERVED}
-        return cls(name=name, kind=str(kind), options=options, prompt=prompt, cost=cost)
+        return cls(name=name, kind=str(kind), options=options, prompt=prompt, cost=cost, few_shot=few_shot)
 
-    def prompt_for(self, task: TaskSpec, examples: Sequence[tuple[str, str]] = ()) -> PromptTemplate:
-        """The task's prompt with this LLM's overrides and the given few-shot examples."""
+    def prompt_for(self, task: TaskSpec, examples: Sequence[tuple[str, str]] | None = None) -> PromptTemplate:
+        """The task's prompt with this LLM's overrides and few-shot examples (default: ``few_shot`` per class of
+        the task's own examples)."""
+        if examples is None:
+            examples = select_examples(task.examples, task.classes, self.few_shot)
         return PromptTemplate.from_task(task, examples=tuple(tuple(e) for e in examples), **self.prompt)
 
     def accepted_options(self) -> list[str] | None:
@@ -147,6 +160,19 @@ class LLMConfig:
                 )
         factory = _resolve(KINDS[self.kind].factory)
         return factory(name=self.name, cost_model=self.cost, **self.options)
+
+
+def select_examples(
+    examples: Sequence[tuple[str, str]], classes: Sequence[str], per_class: int
+) -> tuple[tuple[str, str], ...]:
+    """Up to ``per_class`` examples of each class, keeping the given order."""
+    taken = dict.fromkeys(classes, 0)
+    chosen = []
+    for text, label in examples:
+        if taken.get(label, per_class) < per_class:
+            taken[label] += 1
+            chosen.append((text, label))
+    return tuple(chosen)
 
 
 def _parameters(fn: Callable[..., Any]) -> tuple[set[str], bool]:

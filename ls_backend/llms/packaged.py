@@ -53,7 +53,7 @@ class PackagedModel:
         gguf_name: the file name the joined GGUF gets (transformers reads the architecture from its metadata).
         sha256: hex sha256 of the joined GGUF; checked before loading, and the LLM's ``revision``.
         prompt: recommended prompt overrides (``chat`` for the instruct models).
-        few_shot: recommended number of labeled examples in the prompt (0: zero-shot is fine).
+        few_shot: recommended number of labeled examples per class in the prompt (0: zero-shot is fine).
         note: license and behaviour in one line.
     """
 
@@ -91,7 +91,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             prompt={"chat": False},
-            few_shot=2,
+            few_shot=1,
             note="Gemma terms; 253 MB; base model without chat template: use few-shot prompts; leans to 'Yes'",
         ),
         PackagedModel(
