@@ -1,0 +1,69 @@
+"""The house rule of docs/ARCHITECTURE.md: imports point from the edge to the core, and the core does no I/O."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ls_backend"
+CORE = {"confidence", "calibration", "metrics", "sampling", "ensemble", "stats"}
+# what each layer may import from the project (beyond itself)
+ALLOWED = {
+    "core": CORE,
+    "scores": set(),
+    "tasks": set(),
+}
+IO_MODULES = {"os", "io", "sqlite3", "socket", "urllib", "requests", "flask", "boto3", "shutil", "subprocess"}
+
+
+def _project_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(project modules imported, top-level third-party/stdlib modules imported) by one file."""
+    project, external = set(), set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "ls_backend":
+                if len(parts) > 1:
+                    project.add(parts[1])
+            else:
+                external.add(parts[0])
+    return project, external
+
+
+def _files(module: str) -> list[Path]:
+    folder = PACKAGE / module
+    return sorted(folder.rglob("*.py")) if folder.is_dir() else [PACKAGE / f"{module}.py"]
+
+
+@pytest.mark.parametrize("module", sorted(CORE))
+def test_core_imports_only_the_core_and_does_no_io(module):
+    for path in _files(module):
+        project, external = _project_imports(path)
+        assert project <= CORE, f"{path.name} (core) imports {sorted(project - CORE)} from the edge"
+        assert not external & IO_MODULES, f"{path.name} (core) imports I/O modules {sorted(external & IO_MODULES)}"
+
+
+@pytest.mark.parametrize("module", ["scores", "tasks"])
+def test_data_formats_import_nothing_from_the_project(module):
+    for path in _files(module):
+        project, _ = _project_imports(path)
+        assert not project - {module}, f"{path.name} imports {sorted(project)}"
+
+
+def test_nothing_imports_the_cli_or_the_server_except_themselves():
+    for path in PACKAGE.rglob("*.py"):
+        layer = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        project, _ = _project_imports(path)
+        if layer not in {"cli", "server"}:
+            assert not project & {"cli", "server"}, f"{path} imports {sorted(project & {'cli', 'server'})}"
+
+
+def test_no_pickle_anywhere():
+    for path in PACKAGE.rglob("*.py"):
+        _, external = _project_imports(path)
+        assert not external & {"pickle", "dill", "joblib", "cloudpickle"}, path
