@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit demo bench clean
+LS_STAMP := .venv-ls/.installed-1.23.2
+
+.PHONY: install install-ls test lint typecheck unit demo bench clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +19,13 @@ $(STAMP): pyproject.toml requirements-models.txt
 
 install: $(STAMP)
 
+# Label Studio 1.23.2 in its own environment (it pins Django, numpy and the SDK differently from us).
+$(LS_STAMP): $(STAMP)
+	scripts/labelstudio.sh install
+	touch $(LS_STAMP)
+
+install-ls: $(LS_STAMP)
+
 lint: $(STAMP)
 	$(BIN)/ruff check ls_backend tests scripts
 	$(BIN)/ruff format --check ls_backend tests scripts
@@ -24,7 +33,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(LS_STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -33,4 +42,4 @@ demo: $(STAMP)
 	@echo "make demo arrives with the Label Studio backend (issue 5)."; exit 1
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-ls .pytest_cache .mypy_cache .ruff_cache
