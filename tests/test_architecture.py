@@ -45,7 +45,9 @@ def test_core_imports_only_the_core_and_does_no_io(module):
     for path in _files(module):
         project, external = _project_imports(path)
         assert project <= CORE, f"{path.name} (core) imports {sorted(project - CORE)} from the edge"
-        assert not external & IO_MODULES, f"{path.name} (core) imports I/O modules {sorted(external & IO_MODULES)}"
+        assert not external & IO_MODULES, (
+            f"{path.name} (core) imports I/O modules {sorted(external & IO_MODULES)}"
+        )
 
 
 @pytest.mark.parametrize("module", ["scores", "tasks"])

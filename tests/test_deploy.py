@@ -78,6 +78,7 @@ def test_backend_service(compose: dict[str, Any]) -> None:
     assert "LABEL_STUDIO_API_KEY" in env["LABEL_STUDIO_API_KEY"]
     for name in ("LWC_CONFIG", "BASIC_AUTH_USER", "BASIC_AUTH_PASS", "WEBHOOK_SECRET", "LWC_MODEL_CACHE"):
         assert name in env
+    assert env["LWC_MODEL_DIR"].startswith("/models/")  # score cache and out-of-task models on the volume
     volumes = {v.split(":")[0]: v.split(":")[1] for v in backend["volumes"]}
     assert volumes["models"] == env["LWC_MODEL_CACHE"] == "/models"
     assert "models" in compose["volumes"]
@@ -103,6 +104,14 @@ def test_dockerfile() -> None:
     assert ("EXPOSE", "9090") in instructions
     env = " ".join(args for kind, args in instructions if kind == "ENV")
     assert "LWC_MODEL_CACHE=/models" in env and "HF_HUB_OFFLINE=1" in env
+    assert "LWC_MODEL_DIR=/models/" in env
+    # the out-of-task scores are the committed benchmark table, copied into the image
+    oot = re.search(r"LWC_OOT_SCORES=(\S+)", env)
+    assert (
+        oot
+        and oot.group(1) == "/app/docs/benchmark/scores.jsonl.gz"
+        and ("COPY", "docs ./docs") in instructions
+    )
     assert any(kind == "VOLUME" and "/models" in args for kind, args in instructions)
     assert "USER" in kinds and kinds.index("USER") < kinds.index("CMD")
     (cmd,) = [args for kind, args in instructions if kind == "CMD"]

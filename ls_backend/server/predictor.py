@@ -1,38 +1,66 @@
-"""What the server asks of a model: the :class:`Predictor` protocol and its phase-1 implementation.
+"""What the server asks of a model: the :class:`Predictor` protocol and the calibrated cascade behind it.
 
-The server hands a predictor a :class:`ProjectSetup` (the project's classes, question and configuration) and
-the texts of the tasks it could read; the predictor answers one :class:`Prediction` per text, in order. The
-cascade of calibrated LLMs plugs in here later; :class:`SingleLLMPredictor` asks one LLM (the cheapest one
-configured, by default the packaged SmolLM2) and scores its answer by the softmax of its class logits
-(the paper's steps 1-4, :func:`ls_backend.confidence.confidence_scores`).
+The server hands a predictor a :class:`ProjectSetup` (the project's classes, question and configuration) and the
+texts of the tasks it could read; the predictor answers one :class:`Prediction` per text, in order.
+
+:class:`CascadePredictor` runs the paper's method: the configured LLMs, cheapest first, each with a calibrator,
+and a cascade policy (Algorithm 2, :meth:`ls_backend.ensemble.CascadePolicy.predict_staged`) that asks a costlier
+LLM only about the items whose calibrated scores so far say it is worth it. Every LLM output goes through the
+:class:`~ls_backend.llms.cache.ScoreCache` (SQLite under the model directory), so the same text is never sent to
+the same LLM (and prompt) twice, and an LLM whose outputs are all cached is not even loaded.
+
+Which calibrators and policy serve a project: the version ``model_source(project)`` returns, if any (the learning
+loop plugs its promoted versions in here, at run time), else the out-of-task model of :mod:`ls_backend.server.oot`.
+
+The score of an answer is the calibrated probability of the cascade's final class (as
+:class:`ls_backend.loop.model.ServingModel` defines it): the deciding LLM's calibrated probability when the policy
+answered with one LLM (``llm<j>``); for a vote (``majority``, ``weighted_majority``, ``most_confident``) the mean,
+over the LLMs asked, of each one's calibrated probability of the final class (a linear opinion pool). Each term is
+a probability, so the score is in [0, 1].
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from ls_backend.server.config import BackendConfig
 from ls_backend.server.labeling import LabelSpec
+from ls_backend.server.oot import (
+    Embed,
+    OOTModel,
+    OOTModelCache,
+    OOTPlan,
+    build_oot_model,
+    fingerprint,
+    load_oot_scores,
+    plan_oot_model,
+)
 
 if TYPE_CHECKING:
     from ls_backend.llms.base import LLM
+    from ls_backend.llms.cache import ScoreCache
+    from ls_backend.llms.config import LLMConfig
     from ls_backend.llms.prompts import PromptTemplate
+    from ls_backend.loop.model import ServingModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LLM: dict[str, Any] = {
-    "name": "smollm2-135m-instruct",
-    "kind": "packaged",
-    "model": "smollm2-135m-instruct",
-}
-# Phase 1 has no labels to calibrate on: the LLM's plain softmax is the default (out-of-task) calibration.
-DEFAULT_CALIBRATION = "default-calibration"
+DEFAULT_LLMS: tuple[dict[str, Any], ...] = (
+    {"name": "smollm2-135m-instruct", "kind": "packaged", "model": "smollm2-135m-instruct"},
+    {"name": "gemma3-270m", "kind": "packaged", "model": "gemma3-270m"},
+    {"name": "qwen2.5-coder-0.5b-instruct", "kind": "packaged", "model": "qwen2.5-coder-0.5b-instruct"},
+)
+"""The cascade when the configuration lists no LLM: the three packaged models, cheapest first (their prompt style,
+chat or plain, comes from :mod:`ls_backend.llms.packaged`). ``config/default.yaml`` spells out the same."""
+
+SCORE_CACHE_FILE = "scores.sqlite"
+OOT_FOLDER = "oot"
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,11 @@ class ProjectSetup:
         head = self.project_id.split(".", 1)[0]
         return int(head) if head.isdigit() else None
 
+    @property
+    def description(self) -> str | None:
+        """The text that describes the project (its description or configured question), if it has one."""
+        return self.question if self.question_source != "default" else None
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -68,10 +101,13 @@ class Prediction:
         choice: the answered class (one of ``project.label.choices``), or None when the text got no answer.
         score: the confidence of ``choice`` in [0, 1], or None without a choice.
         model_version: the version string Label Studio stores with the prediction.
-        llms_asked: the LLMs that scored this text, in the order asked.
-        cost: what answering cost, summed over the LLMs asked.
+        llms_asked: the LLMs whose outputs decided this text, in the order asked.
+        cost: what answering cost, summed over the LLMs asked (cached outputs count what their call cost).
         reason: why there is no answer (or a note about the answer), for the log.
         llm_costs: the cost per LLM asked, aligned with ``llms_asked`` (None: only the total is known).
+        llm_called: per LLM asked, whether this request called it for this text (False: from the score cache, or
+            a duplicate of a text sent in the same request); None: unknown (every one counts as a call).
+        trace: per-LLM answers and scores and the policy's decision, for ``/explain`` (None: not recorded).
     """
 
     choice: str | None
@@ -81,6 +117,8 @@ class Prediction:
     cost: float = 0.0
     reason: str | None = None
     llm_costs: tuple[float, ...] | None = None
+    llm_called: tuple[bool, ...] | None = None
+    trace: Mapping[str, Any] | None = None
 
 
 @runtime_checkable
@@ -94,94 +132,357 @@ class Predictor(Protocol):
     def predict(self, project: ProjectSetup, texts: list[str]) -> list[Prediction]: ...
 
 
-def _fingerprint(data: Any) -> str:
-    payload = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:8]
+class ServedVersion(Protocol):
+    """A model version that can serve a project: its name and a :class:`~ls_backend.loop.model.ServingModel`
+    (calibrators per LLM + cascade policy). The learning loop's ``ModelVersion`` is one."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model(self) -> ServingModel: ...
 
 
-class SingleLLMPredictor:
-    """Phase 1: one LLM (the first of ``config.llms``, else the packaged SmolLM2), uncalibrated softmax score.
+ModelSource = Callable[[ProjectSetup], "ServedVersion | None"]
+"""Returns the version that serves a project now, or None for the out-of-task default. Called at every /setup
+and /predict, so it must be cheap (e.g. a dict lookup or a cached ``VersionStore.serving()``)."""
+
+
+@dataclass
+class _LLMSlot:
+    """One configured LLM: its entry, a lazily computed cache identity and a lazily loaded model."""
+
+    entry: dict[str, Any]
+    config: LLMConfig
+    revision: str | None = None
+    llm: LLM | None = None
+    build_lock: threading.Lock = field(default_factory=threading.Lock)
+    score_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class CascadePredictor:
+    """The calibrated cascade of the configured LLMs (see the module docstring).
 
     Args:
         build_llm: makes an LLM from one config entry (default: :meth:`ls_backend.llms.config.LLMConfig.build`).
-            LLMs are built on first use, once per distinct entry, and shared by the projects that use it.
-        default_llm: the entry used when the configuration lists no LLM.
+            LLMs are built on first need (a text not in the score cache), once per distinct entry.
+        embed: embeds texts for SIM-OOT (default: :func:`ls_backend.embeddings.embed_texts`, all-MiniLM-L6-v2).
+        model_source: the version serving a project, if any (see :data:`ModelSource`); None: out-of-task models.
     """
 
     def __init__(
         self,
         build_llm: Callable[[Mapping[str, Any]], LLM] | None = None,
-        default_llm: Mapping[str, Any] | None = None,
+        embed: Embed | None = None,
+        model_source: ModelSource | None = None,
     ) -> None:
         self._build_llm = build_llm or _build_from_config
-        self.default_llm = dict(default_llm or DEFAULT_LLM)
-        self._llms: dict[str, LLM] = {}
-        self._build_lock = threading.Lock()
-        # a local model is not safe to run from several request threads at once (and the CPU is shared anyway)
-        self._score_lock = threading.Lock()
+        self._embed = embed
+        self.model_source = model_source
+        self._slots: dict[str, _LLMSlot] = {}
+        self._caches: dict[str, ScoreCache] = {}
+        self._oot_models: dict[str, OOTModelCache] = {}
+        self._lock = threading.Lock()
 
-    def llm_entry(self, config: BackendConfig) -> dict[str, Any]:
-        entry = config.llms[0] if config.llms else self.default_llm
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"llms[0] must be a mapping with 'name' and 'kind', got {entry!r}")
-        return dict(entry)
+    # ---- the configuration's LLMs
 
-    def model_version(self, project: ProjectSetup) -> str:
-        entry = self.llm_entry(project.config)
-        # the question is left out: it may arrive from Label Studio after /setup answered
-        settings = {"llm": entry, "prompt": dict(project.config.prompt), "classes": project.label.class_words}
-        return f"lwc-{entry.get('name', 'llm')}-{DEFAULT_CALIBRATION}-{_fingerprint(settings)}"
+    def llm_entries(self, config: BackendConfig) -> list[dict[str, Any]]:
+        entries = list(config.llms) if config.llms else [dict(e) for e in DEFAULT_LLMS]
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"llms[{i}] must be a mapping with 'name' and 'kind', got {entry!r}")
+        return [dict(e) for e in entries]
 
-    def llm(self, config: BackendConfig) -> LLM:
-        """The (built once) LLM of a configuration."""
-        entry = self.llm_entry(config)
-        key = _fingerprint(entry)
-        with self._build_lock:
-            if key not in self._llms:
-                logger.info("loading LLM %s", entry.get("name"))
-                self._llms[key] = self._build_llm(entry)
-            return self._llms[key]
+    def slots(self, config: BackendConfig) -> list[_LLMSlot]:
+        """The configuration's LLMs, cheapest first (validated; nothing loaded)."""
+        from ls_backend.llms.config import parse_llm_configs
+
+        entries = self.llm_entries(config)
+        keys = [fingerprint(e, 16) for e in entries]
+        with self._lock:
+            missing = [i for i, k in enumerate(keys) if k not in self._slots]
+        if missing:
+            parsed = parse_llm_configs(
+                entries
+            )  # validates names, kinds and uniqueness; raises LLMConfigError
+            with self._lock:
+                for i in missing:
+                    self._slots.setdefault(keys[i], _LLMSlot(entries[i], parsed[i]))
+        with self._lock:
+            slots = [self._slots[k] for k in keys]
+        names = [s.name for s in slots]
+        if len(set(names)) != len(names):
+            raise ValueError(f"LLM names must be unique; got {names}")
+        return slots
+
+    def revision(self, slot: _LLMSlot) -> str:
+        """The LLM's revision (the score cache key), found without loading weights where possible."""
+        if slot.revision is None:
+            slot.revision = _predicted_revision(slot.config)
+            if (
+                slot.revision is None
+            ):  # remote adapters and hub ids: the adapter knows (cheap for remote ones)
+                slot.revision = str(self.llm(slot).revision)
+        return slot.revision
+
+    def llm(self, slot: _LLMSlot) -> LLM:
+        """The slot's LLM, built on first use (one build at a time per slot)."""
+        with slot.build_lock:
+            if slot.llm is None:
+                logger.info("loading LLM %s", slot.name)
+                llm = self._build_llm(slot.entry)
+                if slot.revision is not None and str(llm.revision) != slot.revision:
+                    logger.warning(
+                        "LLM %s: revision %s differs from the predicted %s; caching under the former",
+                        slot.name,
+                        llm.revision,
+                        slot.revision,
+                    )
+                slot.revision = str(llm.revision)
+                slot.llm = llm
+            return slot.llm
 
     def warm_up(self, config: BackendConfig) -> None:
-        """Load the configuration's LLM now rather than at the first /predict."""
-        self.llm(config)
+        """Load every configured LLM, the out-of-task scores and (for SIM-OOT) the embedding model now."""
+        for slot in self.slots(config):
+            self.llm(slot)
+        scores = load_oot_scores(config.resolved_oot_scores(), config.resolved_oot_tasks())
+        if scores is not None and config.cascade_settings.similar_tasks:
+            self.embedder(["warm up"])
 
-    def prompt(self, project: ProjectSetup) -> PromptTemplate:
-        from ls_backend.llms.config import parse_llm_configs
+    def embedder(self, texts: Sequence[str]) -> np.ndarray:
+        if self._embed is not None:
+            return self._embed(texts)
+        from ls_backend.embeddings import embed_texts
+
+        return embed_texts(texts)
+
+    # ---- prompts and the score cache
+
+    def prompt(self, project: ProjectSetup, slot: _LLMSlot) -> PromptTemplate:
+        """The project's prompt for one LLM: the config's prompt settings, then the LLM's own overrides."""
         from ls_backend.llms.prompts import PromptTemplate
 
-        (entry,) = parse_llm_configs([self.llm_entry(project.config)])
         settings: dict[str, Any] = {"max_text_chars": project.config.max_text_chars}
         settings |= dict(project.config.prompt)
-        settings |= entry.prompt  # the LLM's own overrides (e.g. chat for an instruct model) win
+        settings |= slot.config.prompt  # the LLM's own style (e.g. chat for an instruct model) wins
         settings |= {"question": project.question, "classes": list(project.label.class_words)}
         return PromptTemplate.from_dict(settings)
 
-    def predict(self, project: ProjectSetup, texts: list[str]) -> list[Prediction]:
-        """Ask the LLM; the score of its answer is the softmax of its class logits (paper, steps 1-4)."""
-        from ls_backend.confidence import confidence_scores
+    def score_cache(self, config: BackendConfig) -> ScoreCache:
+        from ls_backend.llms.cache import ScoreCache
 
-        version = self.model_version(project)
+        path = config.resolved_model_dir() / SCORE_CACHE_FILE
+        with self._lock:
+            if str(path) not in self._caches:
+                self._caches[str(path)] = ScoreCache(path)
+            return self._caches[str(path)]
+
+    def score_texts(
+        self, slot: _LLMSlot, prompt: PromptTemplate, texts: Sequence[str], cache: ScoreCache, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Answers (n,), class logits (n, C), costs (n,) and whether each text was sent to the LLM now (n,)."""
+        from ls_backend.llms.cache import text_hash
+        from ls_backend.llms.scoring import score_items
+
+        n, n_classes = len(texts), len(prompt.classes)
+        prompt_hash = prompt.hash()
+        revision = self.revision(slot)
+        answers = np.zeros(n, dtype=np.int64)
+        logits = np.zeros((n, n_classes))
+        costs = np.zeros(n)
+        called = np.zeros(n, dtype=bool)
+        missing: list[int] = []
+        for i, hit in enumerate(cache.get_many(slot.name, revision, prompt_hash, texts)):
+            if hit is None or hit.logits.shape != (n_classes,):
+                missing.append(i)
+            else:
+                answers[i], logits[i], costs[i] = hit.answer, hit.logits, hit.cost
+        if missing:
+            llm = self.llm(slot)
+            if str(llm.revision) != revision:  # the build corrected the predicted revision
+                revision = str(llm.revision)
+            with slot.score_lock:  # a local model is not safe to run from several request threads at once
+                batch = score_items(
+                    llm, prompt, [texts[i] for i in missing], cache=cache, batch_size=batch_size
+                )
+            answers[missing], logits[missing], costs[missing] = batch.answers, batch.logits, batch.costs
+            first: dict[str, int] = {}
+            for i in missing:
+                first.setdefault(text_hash(texts[i]), i)
+            called[list(first.values())] = True
+        return answers, logits, costs, called
+
+    # ---- which model serves a project
+
+    def oot_plan(self, project: ProjectSetup) -> OOTPlan:
+        """The project's out-of-task model plan (cheap; see :func:`ls_backend.server.oot.plan_oot_model`)."""
+        config = project.config
+        slots = self.slots(config)
+        scores = load_oot_scores(config.resolved_oot_scores(), config.resolved_oot_tasks())
+        extra = {
+            "entries": [s.entry for s in slots],
+            "prompt": dict(config.prompt),
+            "choices": list(project.label.choices),
+        }
+        return plan_oot_model(
+            scores,
+            [(s.name, self.revision(s)) for s in slots],
+            project.label.class_words,
+            project.description,
+            config.cascade_settings,
+            extra_key=extra,
+        )
+
+    def plugged_version(self, project: ProjectSetup) -> ServedVersion | None:
+        """The version ``model_source`` serves for this project, when it fits the configured LLMs and classes."""
+        if self.model_source is None:
+            return None
+        version = self.model_source(project)
+        if version is None:
+            return None
+        names = tuple(s.name for s in self.slots(project.config))
+        model = version.model
+        if tuple(model.llms) != names or tuple(model.classes) != tuple(project.label.class_words):
+            logger.warning(
+                "project %s: version %s is for LLMs %s and classes %s, not %s and %s; serving the out-of-task model",
+                project.project_id,
+                version.name,
+                list(model.llms),
+                list(model.classes),
+                list(names),
+                list(project.label.class_words),
+            )
+            return None
+        return version
+
+    def model_version(self, project: ProjectSetup) -> str:
+        plugged = self.plugged_version(project)
+        return plugged.name if plugged is not None else self.oot_plan(project).version
+
+    def served(self, project: ProjectSetup) -> ServedVersion:
+        """The version that answers this project now (building its out-of-task model if needed)."""
+        plugged = self.plugged_version(project)
+        if plugged is not None:
+            return plugged
+        plan = self.oot_plan(project)
+        cache = self._oot_cache(project.config)
+        config = project.config
+
+        def build() -> OOTModel:
+            scores = load_oot_scores(config.resolved_oot_scores(), config.resolved_oot_tasks())
+            model = build_oot_model(plan, scores, self.embedder)
+            logger.info("out-of-task model %s: %s", model.version, "; ".join(model.notes))
+            return model
+
+        return cache.get(plan, build)
+
+    def prepare(self, project: ProjectSetup) -> None:
+        """Build the project's out-of-task model in the background (called at /setup; never blocks)."""
+        try:
+            if self.plugged_version(project) is not None:
+                return
+            plan = self.oot_plan(project)
+            if self._oot_cache(project.config).cached(plan.version) is not None:
+                return
+        except Exception:
+            logger.exception("project %s: could not plan its model", project.project_id)
+            return
+
+        def run() -> None:
+            try:
+                self.served(project)
+            except Exception:
+                logger.exception("project %s: building the out-of-task model failed", project.project_id)
+
+        threading.Thread(target=run, name=f"lwc-oot-{project.project_id}", daemon=True).start()
+
+    def _oot_cache(self, config: BackendConfig) -> OOTModelCache:
+        folder = config.resolved_model_dir() / OOT_FOLDER
+        with self._lock:
+            if str(folder) not in self._oot_models:
+                self._oot_models[str(folder)] = OOTModelCache(folder)
+            return self._oot_models[str(folder)]
+
+    # ---- prediction
+
+    def predict(self, project: ProjectSetup, texts: list[str]) -> list[Prediction]:
+        """The cascade (Algorithm 2) over the batch: LLM k scores only the texts that reach level k."""
         if not texts:
             return []
-        prompt = self.prompt(project)
-        llm = self.llm(project.config)
-        with self._score_lock:
-            batch = llm.score(list(texts), prompt)
-        if len(batch) != len(texts):
-            raise RuntimeError(f"LLM {llm.name} answered {len(batch)} of {len(texts)} texts")
-        scores = confidence_scores(batch.logits, answers=batch.answers)
-        return [
-            Prediction(
-                choice=project.label.choices[int(answer)],
-                score=float(score),
-                model_version=version,
-                llms_asked=[llm.name],
-                cost=float(cost),
-                llm_costs=(float(cost),),
+        version = self.served(project)
+        model = version.model
+        slots = self.slots(project.config)
+        prompts = [self.prompt(project, slot) for slot in slots]
+        cache = self.score_cache(project.config)
+        batch_size = project.config.cascade_settings.batch_size
+        n, n_llms = len(texts), len(slots)
+        called = np.zeros((n_llms, n), dtype=bool)
+        spent = np.zeros((n_llms, n))
+
+        def score_llm(k: int, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            answers, logits, costs, fresh = self.score_texts(
+                slots[k], prompts[k], [texts[i] for i in items], cache, batch_size
             )
-            for answer, score, cost in zip(batch.answers, scores, batch.costs, strict=True)
-        ]
+            called[k, items], spent[k, items] = fresh, costs
+            return answers, logits, costs
+
+        served = model.predict_staged(score_llm, n)
+        cascade = served.cascade
+        names = [s.name for s in slots]
+        choices = project.label.choices
+        strategies = model.policy.strategies
+        decided = cascade.actions[served.depth - 1, np.arange(n)]
+        predictions = []
+        for i in range(n):
+            depth = int(served.depth[i])
+            asked = names[:depth]
+            trace = {
+                "answers": [choices[int(a)] for a in cascade.answers[:depth, i]],
+                "scores": [float(s) for s in cascade.scores[:depth, i]],
+                "decision": strategies[int(decided[i])],
+            }
+            predictions.append(
+                Prediction(
+                    choice=choices[int(served.predictions[i])],
+                    score=float(served.scores[i]),
+                    model_version=version.name,
+                    llms_asked=asked,
+                    cost=float(spent[:depth, i].sum()),
+                    llm_costs=tuple(float(c) for c in spent[:depth, i]),
+                    llm_called=tuple(bool(c) for c in called[:depth, i]),
+                    trace=trace,
+                )
+            )
+        return predictions
+
+
+def _predicted_revision(config: LLMConfig) -> str | None:
+    """The revision an LLM will report, computed without loading it (None when only the adapter can tell)."""
+    options = config.options
+    if config.kind == "packaged" and isinstance(options.get("model"), str):
+        from ls_backend.llms.packaged import packaged_model
+
+        return packaged_model(options["model"]).sha256
+    if config.kind == "hf" and isinstance(options.get("model"), str):
+        if options.get("revision"):
+            return str(options["revision"])
+        from pathlib import Path
+
+        if Path(options["model"]).is_dir() or str(options["model"]).endswith(".gguf"):
+            from ls_backend.llms.hf import local_revision
+
+            model, gguf = str(options["model"]), options.get("gguf_file")
+            if gguf is None and model.endswith(".gguf"):
+                model, gguf = str(Path(model).parent), Path(model).name
+            return local_revision(model, gguf)
+        # a hub id: the commit is known only once loaded (then the slot takes the adapter's revision)
+        return f"hub:{options['model']}"
+    return None
 
 
 def _build_from_config(entry: Mapping[str, Any]) -> LLM:
@@ -192,12 +493,21 @@ def _build_from_config(entry: Mapping[str, Any]) -> LLM:
 
 
 def describe_predictions(predictions: Sequence[Prediction]) -> dict[str, Any]:
-    """A short summary for the log: how many answered, the mean score and the total cost."""
+    """A short summary for the log: answered, mean score, cost, how deep the cascade went, calls per LLM."""
     answered = [p for p in predictions if p.choice is not None]
     mean = sum(p.score or 0.0 for p in answered) / len(answered) if answered else None
+    depth: dict[int, int] = {}
+    calls: dict[str, int] = {}
+    for p in answered:
+        depth[len(p.llms_asked)] = depth.get(len(p.llms_asked), 0) + 1
+        called = p.llm_called if p.llm_called and len(p.llm_called) == len(p.llms_asked) else None
+        for name, fresh in zip(p.llms_asked, called or (True,) * len(p.llms_asked), strict=True):
+            calls[name] = calls.get(name, 0) + int(fresh)
     return {
         "answered": len(answered),
         "skipped": len(predictions) - len(answered),
         "mean_score": mean,
         "cost": sum(p.cost for p in predictions),
+        "depth": dict(sorted(depth.items())),
+        "llm_calls": calls,
     }

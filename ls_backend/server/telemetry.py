@@ -201,9 +201,17 @@ class ServerMetrics:
         self.latency = self.registry.histogram(
             "lwc_http_request_duration_seconds", "HTTP request latency by endpoint", ("endpoint",)
         )
-        self.llm_calls = self.registry.counter("lwc_llm_calls_total", "texts scored by each LLM", ("llm",))
+        self.llm_calls = self.registry.counter(
+            "lwc_llm_calls_total", "texts sent to each LLM (score cache misses)", ("llm",)
+        )
         self.llm_cost = self.registry.counter(
             "lwc_llm_cost_total", "cost of LLM calls, in each LLM's configured unit", ("llm",)
+        )
+        self.cache_hits = self.registry.counter(
+            "lwc_llm_cache_hits_total", "LLM outputs taken from the score cache instead of a call", ("llm",)
+        )
+        self.depth = self.registry.counter(
+            "lwc_cascade_depth_total", "predictions by how many LLMs the cascade asked", ("depth",)
         )
         self.predictions = self.registry.counter(
             "lwc_predictions_total",
