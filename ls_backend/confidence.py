@@ -224,6 +224,10 @@ def _special_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+CLASS_MATCHING_RULE = "first-token-of-name,single-token-variants"
+"""Names the rule of :func:`class_token_ids`; adapters add it to their revision so cached scores follow it."""
+
+
 def class_token_ids(
     tokenizer: Any,
     classes: Sequence[str],
@@ -233,7 +237,10 @@ def class_token_ids(
 
     A class name that the tokenizer splits into several tokens is represented by its FIRST token (the token
     the LLM must emit first to answer that class); leading tokens that decode to whitespace only (e.g. a
-    SentencePiece "▁") are skipped, and a spelling that starts with the unknown-word token is not matched. If a token matches two classes (their first tokens collide, e.g.
+    SentencePiece "▁") are skipped, and a spelling that starts with the unknown-word token is not matched.
+    Only the name as given (with or without a leading space) may count by its first token; another spelling
+    (a case variant) counts only when it is a single token, because a fragment such as "Y" of "YES" also
+    starts unrelated words ("You") and would lend the class their probability. If a token matches two classes (their first tokens collide, e.g.
     "entertainment" and "entity" both starting with "ent"), the classes cannot be told apart from one output
     position and a ValueError names them: rename the classes or pass other ``variants``.
 
@@ -263,6 +270,8 @@ def class_token_ids(
                 t for t in _encode(tokenizer, spelling) if t in special or _decode(tokenizer, t).strip()
             ]
             if not tokens or tokens[0] in special:  # the vocabulary does not know this spelling
+                continue
+            if len(tokens) > 1 and spelling.strip() != name.strip():
                 continue
             first = tokens[0]
             previous = owner.get(first)

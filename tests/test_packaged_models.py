@@ -111,7 +111,7 @@ def test_real_smollm2_scores_twenty_sms_items() -> None:
     scores = softmax(batch.logits)[np.arange(20), batch.answers]
     assert ((scores >= 0.5) & (scores <= 1)).all()  # the answer is the argmax class
     assert (batch.costs > 0).all() and batch.meta["shared_prefix_tokens"] > 0
-    assert llm.revision == PACKAGED_MODELS["smollm2-135m-instruct"].sha256
+    assert llm.revision.startswith(PACKAGED_MODELS["smollm2-135m-instruct"].sha256)
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ls_backend.confidence import class_logits, class_token_ids
+from ls_backend.confidence import CLASS_MATCHING_RULE, class_logits, class_token_ids
 from ls_backend.llms.base import CostModel, ScoredBatch
 from ls_backend.llms.prompts import TRUNCATION_MARK, PromptError, PromptTemplate
 
@@ -184,7 +184,8 @@ class HFLLM:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        self.revision = revision
+        # the class-token rule shapes every class logit, so cached scores must not outlive a change of it
+        self.revision = f"{revision}|{CLASS_MATCHING_RULE}" if revision else CLASS_MATCHING_RULE
         self.cost_model = cost_model or CostModel()
         self.batch_size = batch_size
         self.method = method

@@ -263,7 +263,7 @@ def packaged_llm(
     cache_dir: str | Path | None = None,
     **hf_options: Any,
 ) -> HFLLM:
-    """An :class:`~ls_backend.llms.hf.HFLLM` of a packaged model; ``revision`` is the GGUF's sha256."""
+    """An :class:`~ls_backend.llms.hf.HFLLM` of a packaged model; its revision starts with the GGUF sha256."""
     from ls_backend.llms.hf import HFLLM
 
     spec = packaged_model(model)
