@@ -4,7 +4,7 @@
 ::
 
     .venv/bin/python scripts/rescore_benchmark.py [--llms docs/benchmark/llms.yaml] [--dir docs/benchmark]
-        [--cache .cache/benchmark-scores.sqlite] [--n-items 500] [--seed 0] [--batch-size 16]
+        [--cache ~/.cache/label-with-confidence/benchmark-scores.sqlite] [--n-items 500] [--seed 0] [--batch-size 16]
         [--skip-data] [--provenance-only]
 
 Steps (each an ``lwc`` command, run in this process):
@@ -161,7 +161,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--llms", default="docs/benchmark/llms.yaml", help="LLM config (default docs/benchmark/llms.yaml)"
     )
     parser.add_argument("--dir", default="docs/benchmark", help="folder of items, tasks, scores, provenance")
-    parser.add_argument("--cache", default=".cache/benchmark-scores.sqlite", help="score cache (resume)")
+    parser.add_argument(
+        "--cache",
+        default=str(Path.home() / ".cache/label-with-confidence/benchmark-scores.sqlite"),
+        help="score cache (resume); outside the work tree so that a fresh checkout on the same machine resumes",
+    )
     parser.add_argument("--n-items", type=int, default=500, help="items per task (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="item sampling seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=16, help="texts per LLM call (default 16)")
