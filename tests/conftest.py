@@ -172,13 +172,11 @@ def lwc_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from ls_backend.cli import main; sys.exit(main())"]
 
 
-@pytest.fixture(scope="session")
-def ml_backend(label_studio: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
-    """``lwc serve`` in a subprocess on a free loopback port with ``tests/fixtures/e2e_backend.yaml`` (the real
-    packaged SmolLM2 and Qwen2.5-Coder, a fresh model dir), reading project descriptions from the session's Label
-    Studio; waits until the models are loaded."""
-    folder = tmp_path_factory.mktemp("backend")
-    port = free_port()
+def launch_backend(
+    config: Path, model_dir: Path, port: int, label_studio: object, log_path: Path, timeout: float = 300
+) -> BackendProcess:
+    """``lwc serve`` in a subprocess on ``127.0.0.1:port`` with ``config`` and ``model_dir``, reading Label Studio's
+    API with the session's credentials; returns once its models are loaded (the log is appended to)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -187,30 +185,38 @@ def ml_backend(label_studio: object, tmp_path_factory: pytest.TempPathFactory) -
     env.update(
         LABEL_STUDIO_URL=label_studio.url,  # type: ignore[attr-defined]
         LABEL_STUDIO_API_KEY=label_studio.token,  # type: ignore[attr-defined]
-        LWC_MODEL_DIR=str(folder / "models"),
+        LWC_MODEL_DIR=str(model_dir),
         OMP_NUM_THREADS="1",
     )
-    log_path = folder / "backend.log"
-    command = [
-        *lwc_command(),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--config",
-        str(E2E_CONFIG),
-    ]
-    with log_path.open("wb") as log:
+    command = [*lwc_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--config", str(config)]
+    with log_path.open("ab") as log:
         process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_model_ready(url, process, log_path, timeout=300)
-        yield BackendProcess(url, log_path, process)
+        _wait_model_ready(url, process, log_path, timeout=timeout)
+    except BaseException:
+        stop_backend(process)
+        raise
+    return BackendProcess(url, log_path, process)
+
+
+def stop_backend(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def ml_backend(label_studio: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+    """``lwc serve`` in a subprocess on a free loopback port with ``tests/fixtures/e2e_backend.yaml`` (the real
+    packaged SmolLM2 and Qwen2.5-Coder, a fresh model dir), reading project descriptions from the session's Label
+    Studio; waits until the models are loaded."""
+    folder = tmp_path_factory.mktemp("backend")
+    backend = launch_backend(E2E_CONFIG, folder / "models", free_port(), label_studio, folder / "backend.log")
+    try:
+        yield backend
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_backend(backend.process)

@@ -159,7 +159,9 @@ def test_replays_every_captured_request(client: Any) -> None:
         elif path == "/versions":
             assert payload == {"versions": [version]}
         elif path == "/webhook":
-            assert payload == {"status": "ok", "action": body["action"]}
+            assert payload["status"] == "ok" and payload["action"] == body["action"]
+            # stored in the label store before the answer (the learning loop)
+            assert payload["outcome"] in ("applied", "duplicate", "ignored", "retrain", "acknowledged")
             assert elapsed < 1.0  # Label Studio's webhook timeout
         else:
             pytest.fail(f"capture {capture['file']} calls an endpoint the test does not know: {path}")
@@ -493,7 +495,9 @@ def _in_band(score: float, key: str) -> bool:
     return lo <= score <= hi
 
 
-def test_versions_per_project(client: Any) -> None:
+def test_versions_per_project(config: dict[str, Any], predictor: Any, tmp_path: Path) -> None:
+    # a fresh model dir: /versions also lists the versions the learning loop keeps there
+    client = make_app(config | {"model_dir": str(tmp_path)}, predictor).test_client()
     setup = next(c for c in load_captures() if c["path"] == "/setup")["body"]
     assert client.get("/versions").get_json() == {"versions": []}
     version = client.post("/setup", json=setup).get_json()["model_version"]

@@ -122,7 +122,7 @@ def test_label_studio_stores_the_backends_predictions(client: LabelStudio, ml_ba
     # the question came from the project's description, read from Label Studio's API
     assert f"predicted 11 tasks of project {project.id}." in ml_backend.log()
     assert "question from label_studio" in ml_backend.log()
-    assert version in client.ml.list_model_versions(project.id).versions
+    assert version in client.ml.list_model_versions(backend.id).versions  # the ML backend id
 
     # an annotation reaches the backend as a webhook (Label Studio made it when the backend was added)
     before = metric(ml_backend.url, 'lwc_http_requests_total{endpoint="/webhook",status="200"}')

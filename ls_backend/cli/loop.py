@@ -1,5 +1,5 @@
-"""``lwc status``, ``lwc versions``, ``lwc rollback``, ``lwc retrain``, ``lwc report``: the learning loop's admin
-commands on a model directory (see docs/learning-loop.md)."""
+"""``lwc status``, ``lwc versions``, ``lwc rollback``, ``lwc retrain``, ``lwc report``, ``lwc calibration-sample``:
+the learning loop's admin commands on the model directory ``lwc serve`` uses (see docs/learning-loop.md)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,13 @@ MODEL_DIR_ENV = "LWC_MODEL_DIR"
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-dir",
-        default=os.environ.get(MODEL_DIR_ENV, "models"),
-        help=f"the backend's model directory (default ${MODEL_DIR_ENV} or ./models)",
+        default=None,
+        help=(
+            f"the backend's model directory (default: as `lwc serve` finds it: model_dir of --config or "
+            f"$LWC_CONFIG, else ${MODEL_DIR_ENV}, else ~/.cache/label-with-confidence/backend)"
+        ),
     )
+    parser.add_argument("--config", default=None, help="the backend YAML `lwc serve` runs with")
     parser.add_argument("--project", required=True, type=int, help="Label Studio's numeric project id")
     parser.add_argument("--db", default=None, help="the label store (default <model-dir>/labels.db)")
 
@@ -61,28 +65,81 @@ def register(subparsers: Any) -> None:
     report.add_argument("--out", default=".", help="output directory (default .)")
     report.set_defaults(func=_report)
 
+    sample = subparsers.add_parser(
+        "calibration-sample",
+        help="ask the running server to draw a calibration sample (U, SE or IE) and mark it in Label Studio",
+        description=(
+            "POSTs /calibration-sample to the server: it draws K not-yet-labeled tasks with the chosen sampler "
+            "(SE/IE: surrogate error of the cheapest LLM against its out-of-task calibration), records them with "
+            "their inclusion probabilities, and shows them in Label Studio's 'Calibration sample' view. Basic auth "
+            "from $BASIC_AUTH_USER/$BASIC_AUTH_PASS when set."
+        ),
+    )
+    sample.add_argument("--project", required=True, type=int, help="Label Studio's numeric project id")
+    sample.add_argument("--k", type=int, default=20, help="how many tasks (default 20)")
+    sample.add_argument("--method", choices=("U", "SE", "IE"), default="SE", help="sampler (default SE)")
+    sample.add_argument("--seed", type=int, default=None, help="random seed")
+    sample.add_argument(
+        "--server", default="http://127.0.0.1:9090", help="the backend's URL (default %(default)s)"
+    )
+    sample.set_defaults(func=_calibration_sample)
+
 
 def _stores(args: argparse.Namespace) -> tuple[Any, Any]:
     from ls_backend.loop import LabelStore, VersionStore
 
-    model_dir = Path(args.model_dir)
+    model_dir = _model_dir(args)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
     db = Path(args.db) if args.db else model_dir / "labels.db"
     return LabelStore(db), VersionStore(model_dir, args.project)
 
 
+def _model_dir(args: argparse.Namespace) -> Path:
+    if args.model_dir:
+        return Path(args.model_dir)
+    from ls_backend.server.config import load_config
+
+    return load_config(args.config).resolved_model_dir()
+
+
+def _saved_project(versions: Any) -> dict[str, Any]:
+    """What the server last saved about the project (``project.json``: thresholds, loop settings), or {}."""
+    path = versions.directory / "project.json"
+    if not path.exists():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _bands(store: Any, versions: Any, project: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """The project's routing thresholds (as its server last saw them) and its predicted tasks per band."""
+    import numpy as np
+
+    from ls_backend.loop import Thresholds, assign_bands, band_counts
+
+    saved = _saved_project(versions)
+    thresholds = Thresholds(saved.get("review_threshold", 0.7), saved.get("auto_accept_threshold"))
+    scores = list(store.predicted_scores(project).values())
+    counts = band_counts(assign_bands(np.array(scores, dtype=object), thresholds))
+    return {"review": thresholds.review, "auto_accept": thresholds.auto_accept}, counts
+
+
 def _status(args: argparse.Namespace) -> int:
+    from ls_backend.loop import LoopConfig
     from ls_backend.loop.status import loop_status
 
     store, versions = _stores(args)
-    status = loop_status(args.project, store, versions)
+    saved = _saved_project(versions)
+    config = LoopConfig.from_dict(saved["loop"]) if isinstance(saved.get("loop"), dict) else None
+    status = loop_status(args.project, store, versions, config)
+    status["thresholds"], status["bands"] = _bands(store, versions, args.project)
     if args.json:
         print(json.dumps(status, indent=1, default=str))
         return 0
     serving = status["serving"] or {}
     print(f"project {args.project}: {status['labeled_tasks']} labeled tasks {status['labels_by_source']}")
     print(f"  annotations without a label: {status['annotations_without_label'] or 'none'}")
+    print(f"  predicted tasks by band {status['bands']} (thresholds {status['thresholds']})")
     print(
         f"  ignored events: {status['ignored_events'] or 'none'}; deleted annotations: {status['deleted_annotations']}"
     )
@@ -206,4 +263,41 @@ def _report(args: argparse.Namespace) -> int:
         fig.savefig(frontier_path, dpi=120)
         plt.close(fig)
         print(f"wrote {frontier_path}")
+    return 0
+
+
+def _calibration_sample(args: argparse.Namespace) -> int:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from ls_backend.cli import CLIError
+
+    body = {"project": args.project, "k": args.k, "method": args.method, "seed": args.seed}
+    request = urllib.request.Request(
+        f"{args.server.rstrip('/')}/calibration-sample",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    user, password = os.environ.get("BASIC_AUTH_USER", ""), os.environ.get("BASIC_AUTH_PASS", "")
+    if user:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            drawn = json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        raise CLIError(f"the server refused: {e.code} {e.read().decode(errors='replace')}") from None
+    except urllib.error.URLError as e:
+        raise CLIError(f"cannot reach the server at {args.server}: {e.reason}") from None
+    print(
+        f"project {args.project}: drew {len(drawn['drawn'])} of {drawn['pool']} unlabeled tasks by {args.method}; "
+        f"Label Studio view id {drawn.get('view')}"
+    )
+    for item in drawn["drawn"]:
+        print(
+            f"  task {item['task']}: inclusion probability {item['inclusion_probability']:.4f}, surrogate error "
+            f"{item['surrogate_error']:.4f}"
+        )
     return 0

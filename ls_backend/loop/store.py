@@ -14,7 +14,8 @@ is idempotent:
 
 Why a label was asked for is recorded separately (:meth:`LabelStore.mark_requests`): the backend marks tasks it
 sends to humans as a ``calibration`` sample (with each task's inclusion probability) or for ``review``; a label
-on a task with no mark is the ``annotator``'s own choice. See docs/learning-loop.md for which labels feed what.
+on a task with no mark is the ``annotator``'s own choice; an annotation the backend made itself from a confident
+prediction (auto-accept, :meth:`LabelStore.mark_auto_annotation`) is ``auto`` until a human edits it. See docs/learning-loop.md for which labels feed what.
 
 Connections: one per thread and process (SQLite connections must not cross a fork); writers use
 ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout_ms`` for each other.
@@ -52,8 +53,8 @@ from ls_backend.loop.events import (
 
 logger = logging.getLogger(__name__)
 
-LabelSource = Literal["calibration", "review", "annotator"]
-LABEL_SOURCES: tuple[LabelSource, ...] = ("calibration", "review", "annotator")
+LabelSource = Literal["calibration", "review", "annotator", "auto"]
+LABEL_SOURCES: tuple[LabelSource, ...] = ("calibration", "review", "annotator", "auto")
 RequestReason = Literal["calibration", "review"]
 
 SCHEMA = """
@@ -99,6 +100,22 @@ CREATE TABLE IF NOT EXISTS requests (
     sampler TEXT,
     requested_at REAL NOT NULL,
     PRIMARY KEY (project, task_id, reason)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    project INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    score REAL,
+    model_version TEXT,
+    predicted_at REAL NOT NULL,
+    PRIMARY KEY (project, task_id)
+);
+CREATE TABLE IF NOT EXISTS auto_annotations (
+    project INTEGER NOT NULL,
+    annotation_id INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    updated_at_us INTEGER,
+    model_version TEXT,
+    PRIMARY KEY (project, annotation_id)
 );
 CREATE TABLE IF NOT EXISTS projects (
     project INTEGER PRIMARY KEY,
@@ -160,7 +177,8 @@ class LabeledTasks:
     Attributes:
         task_ids: (n,) int64.
         labels: (n,) the chosen class names (object array of str).
-        sources: (n,) ``calibration``, ``review`` or ``annotator`` (object array).
+        sources: (n,) ``calibration``, ``review``, ``annotator`` or ``auto`` (the backend's own auto-accepted
+            annotation, never trained on) (object array).
         inclusion_probabilities: (n,) the calibration sample's inclusion probability, NaN for other sources.
         texts: the task texts (None where the store has not seen one).
         annotation_ids, updated_at_us: (n,) int64, which annotation version each label is.
@@ -495,6 +513,46 @@ class LabelStore:
                 [(project, int(t), s) for t, s in texts.items()],
             )
 
+    # ---- the served predictions (for routing and band counts)
+
+    def record_predictions(
+        self,
+        project: int,
+        task_ids: Sequence[int],
+        scores: Sequence[float | None] | np.ndarray,
+        model_version: str | None = None,
+    ) -> None:
+        """Remember each task's latest served score (None: no prediction), replacing the previous one."""
+        ids = [int(t) for t in task_ids]
+        values = [None if s is None or not np.isfinite(s) else float(s) for s in scores]
+        if len(values) != len(ids):
+            raise ValueError(f"got {len(values)} scores for {len(ids)} tasks")
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO predictions (project, task_id, score, model_version, predicted_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(project, t, s, model_version, now) for t, s in zip(ids, values, strict=True)],
+            )
+
+    def predicted_scores(self, project: int, unlabeled_only: bool = False) -> dict[int, float | None]:
+        """The latest served score of each predicted task (optionally only tasks without a live label)."""
+        query = "SELECT task_id, score FROM predictions WHERE project = ?"
+        if unlabeled_only:
+            query += (
+                " AND task_id NOT IN (SELECT task_id FROM annotations WHERE project = ? AND deleted = 0 "
+                "AND label IS NOT NULL AND task_id IS NOT NULL)"
+            )
+        args = (project, project) if unlabeled_only else (project,)
+        return {int(t): s for t, s in self._connection().execute(query, args).fetchall()}
+
+    def texts(self, project: int) -> dict[int, str]:
+        """Every task text the store has seen for a project (from predictions, webhooks and catch-ups)."""
+        rows = self._connection().execute(
+            "SELECT task_id, text FROM tasks WHERE project = ? AND text IS NOT NULL", (project,)
+        )
+        return {int(t): str(s) for t, s in rows.fetchall()}
+
     # ---- why a label was asked for
 
     def mark_requests(
@@ -550,6 +608,30 @@ class LabelStore:
                     marked.append(task_id)
         return marked
 
+    def mark_auto_annotation(
+        self,
+        project: int,
+        annotation_id: int,
+        task_id: int,
+        updated_at_us: int | None,
+        model_version: str | None = None,
+    ) -> None:
+        """Record an annotation the backend made itself from its prediction (auto-accept): its label has source
+        ``auto`` as long as nobody edits it (a later ``updated_at`` makes it a human's label again)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO auto_annotations (project, annotation_id, task_id, updated_at_us, "
+                "model_version) VALUES (?, ?, ?, ?, ?)",
+                (project, int(annotation_id), int(task_id), updated_at_us, model_version),
+            )
+
+    def auto_annotated_tasks(self, project: int) -> set[int]:
+        """Tasks the backend annotated itself (auto-accept), edited since or not."""
+        rows = self._connection().execute(
+            "SELECT DISTINCT task_id FROM auto_annotations WHERE project = ?", (project,)
+        )
+        return {int(r[0]) for r in rows.fetchall()}
+
     def requested_tasks(self, project: int, reason: RequestReason) -> list[int]:
         """Task ids marked for ``reason`` (labeled or not)."""
         rows = self._connection().execute(
@@ -577,16 +659,19 @@ class LabelStore:
                 )
                 SELECT r.task_id, r.label, r.annotation_id, r.updated_at_us, t.text,
                        c.inclusion_probability, c.model_version, v.model_version,
-                       CASE WHEN c.task_id IS NOT NULL THEN 'calibration'
+                       CASE WHEN x.annotation_id IS NOT NULL THEN 'auto'
+                            WHEN c.task_id IS NOT NULL THEN 'calibration'
                             WHEN v.task_id IS NOT NULL THEN 'review' ELSE 'annotator' END
                 FROM ranked r
+                LEFT JOIN auto_annotations x ON x.project = ? AND x.annotation_id = r.annotation_id
+                    AND (x.updated_at_us IS NULL OR x.updated_at_us >= r.updated_at_us)
                 LEFT JOIN tasks t ON t.project = ? AND t.task_id = r.task_id
                 LEFT JOIN requests c ON c.project = ? AND c.task_id = r.task_id AND c.reason = 'calibration'
                 LEFT JOIN requests v ON v.project = ? AND v.task_id = r.task_id AND v.reason = 'review'
                 WHERE r.rank = 1
                 ORDER BY r.task_id
                 """,
-                (project, project, project, project),
+                (project, project, project, project, project),
             ).fetchall()
         finally:
             conn.execute("COMMIT")

@@ -285,8 +285,14 @@ def _retrain_locked(
     class_index = {c: i for i, c in enumerate(model.classes)}
     known = np.array([label in class_index for label in snapshot.labels], dtype=bool)
     has_text = np.array([t is not None for t in snapshot.texts], dtype=bool)
-    skipped = {"label_outside_model_classes": int((~known).sum()), "no_text": int((known & ~has_text).sum())}
-    data = snapshot.subset(known & has_text)
+    # the backend's own auto-accepted annotations are its predictions, not evidence: they train nothing
+    human = snapshot.sources != "auto"
+    skipped = {
+        "label_outside_model_classes": int((~known & human).sum()),
+        "no_text": int((known & ~has_text & human).sum()),
+        "auto_accepted": int((~human).sum()),
+    }
+    data = snapshot.subset(known & has_text & human)
     labels = np.array([class_index[c] for c in data.labels], dtype=np.int64).reshape(len(data))
     held_out = holdout_mask(data.task_ids, config.holdout_fraction, salt=f"{project}")
     n_train, n_holdout = int((~held_out).sum()), int(held_out.sum())
@@ -488,7 +494,8 @@ class Worker:
     since the latest version (checked on :meth:`notify_labels` and every ``poll_s``, so labels that reached
     another server process count too), and an admin's ``retrain.request`` file (``lwc retrain``). Requests that
     arrive while one is pending are coalesced; a retrain that finds the lock taken waits for it, then skips if the
-    other retrain already covered every label.
+    other retrain already covered every label. ``before_retrain`` runs in the worker's thread before each retrain
+    (the server saves the project's ``initial`` out-of-task version there).
     """
 
     def __init__(
@@ -499,8 +506,10 @@ class Worker:
         score_fn: ScoreTexts,
         config: LoopConfig | None = None,
         poll_s: float = 5.0,
+        before_retrain: Callable[[], object] | None = None,
     ) -> None:
         self.project = project
+        self.before_retrain = before_retrain
         self.store = store
         self.versions = versions
         self.score_fn = score_fn
@@ -591,6 +600,8 @@ class Worker:
                 reasons, self._pending = self._pending, {}
                 self._running = True
             try:
+                if self.before_retrain is not None:
+                    self.before_retrain()
                 result = retrain(
                     self.project, self.store, self.versions, self.score_fn, self.config,
                     trigger=", ".join(sorted(reasons)), lock_timeout_s=3600.0, force=any(reasons.values()),

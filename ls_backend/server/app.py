@@ -6,11 +6,14 @@
                    label (a non-2xx makes Label Studio refuse the backend)
 ``POST /predict``  ``{"results": [...]}``: one entry per task, in order
 ``GET /versions``  ``{"versions": [...]}``: the model versions this server has answered with
-``POST /webhook``  acknowledged at once (Label Studio gives it 1 s)
+``POST /webhook``  stored durably in the label store, then answered (Label Studio gives it 1 s); the learning
+                   loop (catch-up, retrains) follows in the background
 ``GET /metrics``   Prometheus text: requests, latency, LLM calls, cache hits and cost, cascade depth, predictions
-                   by confidence band
+                   by confidence band; per project labels by source, routing bands, the serving version
 ``GET /explain``   ``?project=<id>[&task=<id>]``: for the latest predictions, which LLMs were asked, what each
                    answered, the costs and the policy's decision (Label Studio keeps none of this)
+``GET /status``    ``?project=<id>``: the project's learning loop (labels, bands, versions, retrains)
+``POST /calibration-sample``  ``{"project", "k", "method", "seed"}``: draw and mark a calibration sample
 =================  ==========================================================================================
 
 Every error is JSON ``{"error": "...", "status": code}``; a bad request never stops the server. A task the
@@ -35,11 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, Unauthorized
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge, Unauthorized
 
 from ls_backend import __version__
 from ls_backend.server.config import BackendConfig, ConfigError, load_config, parse_extra_params
 from ls_backend.server.labeling import LabelConfigError, LabelSpec, parse_label_config
+from ls_backend.server.learning import LearningLoop
 from ls_backend.server.predictor import (
     CascadePredictor,
     Prediction,
@@ -141,6 +145,7 @@ class BackendState:
     webhook_secret: str | None
     description_wait: float
     projects: dict[str, _ProjectRecord] = field(default_factory=dict)
+    learning: LearningLoop | None = None
     recent: RecentPredictions = field(default_factory=RecentPredictions)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # "lazy" (loaded at the first /predict), "loading", "ready" or "failed: <error>"
@@ -184,6 +189,7 @@ def create_app(
     webhook_secret: str | bool | None = True,
     description_wait: float = 2.0,
     warm_up: bool = False,
+    learning: bool | None = None,
 ) -> Flask:
     """The ML backend app.
 
@@ -195,6 +201,8 @@ def create_app(
         webhook_secret: the ``X-Webhook-Secret`` value /webhook requires, None for none, True for the env var.
         description_wait: seconds /predict waits for a project description still being read from Label Studio.
         warm_up: load the predictor's model now, in the background (``/health`` reports its ``model`` status).
+        learning: run the learning loop (labels from webhooks, routing, retrains, versions; docs/learning-loop.md).
+            None: when the predictor is a :class:`CascadePredictor` and the config's ``loop.enabled`` is true.
     """
     if isinstance(config, BackendConfig):
         backend_config = config
@@ -202,11 +210,23 @@ def create_app(
         backend_config = BackendConfig.from_mapping(config)
     else:
         backend_config = load_config(config)
+    predictor = predictor if predictor is not None else CascadePredictor()
+    access = LabelStudioAccess.from_env()
+    if learning is None:
+        learning = isinstance(predictor, CascadePredictor) and backend_config.learning.enabled
+    loop: LearningLoop | None = None
+    if learning:
+        if not isinstance(predictor, CascadePredictor):
+            raise TypeError("the learning loop needs a CascadePredictor (its LLMs score the labeled texts)")
+        loop = LearningLoop(predictor, backend_config, access)
+        if predictor.model_source is None:
+            predictor.model_source = loop.model_source
     state = BackendState(
         config=backend_config,
-        predictor=predictor if predictor is not None else CascadePredictor(),
+        predictor=predictor,
+        learning=loop,
         metrics=ServerMetrics(backend_config.confidence_bands),
-        descriptions=descriptions or ProjectDescriptions(LabelStudioAccess.from_env()),
+        descriptions=descriptions or ProjectDescriptions(access),
         auth=_env_auth() if auth is True else (auth or None),
         webhook_secret=(os.environ.get(WEBHOOK_SECRET_ENV) or None)
         if webhook_secret is True
@@ -221,6 +241,8 @@ def create_app(
     _register_routes(app, state)
     if warm_up:
         state.warm_up()
+    if loop is not None:
+        loop.start()
     return app
 
 
@@ -322,14 +344,25 @@ def _project_key(value: Any) -> tuple[str, int]:
 
 
 def _project_setup(
-    state: BackendState, key: str, number: int, label: LabelSpec, config: BackendConfig, wait: float
+    state: BackendState,
+    key: str,
+    number: int,
+    label_config: str,
+    extra: Mapping[str, Any],
+    config: BackendConfig,
+    wait: float,
 ) -> ProjectSetup:
+    label = _label_spec(label_config)
+    question, source = default_question(label), "default"
     if config.question:
-        return ProjectSetup(key, label, config, config.question, "config")
-    description = state.descriptions.get(number, wait=wait)
-    if description:
-        return ProjectSetup(key, label, config, description, "label_studio")
-    return ProjectSetup(key, label, config, default_question(label), "default")
+        question, source = config.question, "config"
+    else:
+        description = state.descriptions.get(number, wait=wait)
+        if description:
+            question, source = description, "label_studio"
+    return ProjectSetup(
+        key, label, config, question, source, label_config_xml=label_config, extra_params=extra
+    )
 
 
 def _setup_access(body: Mapping[str, Any]) -> LabelStudioAccess | None:
@@ -468,7 +501,9 @@ def _register_routes(app: Flask, state: BackendState) -> None:
             raise BadRequest(f"bad extra_params: {e}") from None
         if not config.question:
             state.descriptions.prefetch(number, fallback=_setup_access(body))
-        project = _project_setup(state, key, number, label, config, wait=0.0)
+        project = _project_setup(state, key, number, label_config, extra, config, wait=0.0)
+        if state.learning is not None:
+            state.learning.register(project, _setup_access(body))
         try:
             version = state.predictor.model_version(project)
         except ValueError as e:
@@ -481,6 +516,8 @@ def _register_routes(app: Flask, state: BackendState) -> None:
             previous = state.projects.get(key)
             record.versions = (previous.versions if previous else set()) | {version}
             state.projects[key] = record
+        if state.learning is not None:
+            state.learning.after_setup(project, version)
         logger.info("setup of project %s: classes %s, model version %s", key, list(label.choices), version)
         return jsonify({"model_version": version})
 
@@ -504,7 +541,10 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         label = _label_spec(label_config)
         if not config.question:
             state.descriptions.prefetch(number)
-        project = _project_setup(state, key, number, label, config, wait=state.description_wait)
+        extra = record.extra_params if record is not None else {}
+        project = _project_setup(state, key, number, label_config, extra, config, wait=state.description_wait)
+        if state.learning is not None:
+            state.learning.register(project)
         try:
             version = state.predictor.model_version(project)
         except ValueError as e:
@@ -541,6 +581,8 @@ def _register_routes(app: Flask, state: BackendState) -> None:
                 version = prediction.model_version or version
             state.recent.add(number, details)
             summary = describe_predictions(predictions)
+            if state.learning is not None:
+                summary["bands"] = _route(state, project, tasks, readable, texts, entries, version)
             if logger.isEnabledFor(logging.DEBUG):
                 for task_id, detail in details:
                     logger.debug("task %s: %s", task_id, json.dumps(detail, default=str))
@@ -561,25 +603,66 @@ def _register_routes(app: Flask, state: BackendState) -> None:
     @app.get("/versions")
     def versions() -> Response:
         body = _json_object(optional=True)  # Label Studio sends {"project": ...} in a GET body
+        project = body.get("project", request.args.get("project"))
+        number = None
+        if project is not None:
+            _, number = _project_key(project)
         with state.lock:
-            record = state.projects.get(str(body.get("project", "")))
-            if record is not None:
-                known = set(record.versions)
-            else:
-                known = {v for r in state.projects.values() for v in r.versions}
+            records = [
+                r for k, r in state.projects.items() if number is None or k.split(".", 1)[0] == str(number)
+            ]
+            known = {v for r in records for v in r.versions}
+        if state.learning is not None:  # Label Studio 1.23.2 sends no body: every project's versions then
+            for project_number in [number] if number is not None else state.learning.project_numbers():
+                known |= set(state.learning.version_names(project_number))
         return jsonify({"versions": sorted(known)})
 
     @app.post("/webhook")
     def webhook() -> Response:
         if state.webhook_secret and state.auth is None and not _has_webhook_secret(state.webhook_secret):
             raise Unauthorized(f"missing or wrong {WEBHOOK_SECRET_HEADER} header")
+        outcome = None
+        if state.learning is not None:  # stored (durably) before anything else, even what is refused below
+            outcome = state.learning.record_webhook(request.get_data(cache=True))
         body = _json_object()
         action = _require(body, "action", "the webhook event, e.g. ANNOTATION_CREATED")
         if not isinstance(action, str):
             raise BadRequest(f"'action' must be a string, got {type(action).__name__}")
         state.descriptions.remember_from_payload(body)
-        logger.info("webhook %s acknowledged", action)
-        return jsonify({"status": "ok", "action": action})
+        reply: dict[str, Any] = {"status": "ok", "action": action}
+        if outcome is not None:
+            reply["outcome"] = outcome.outcome
+            if outcome.reason:
+                reply["reason"] = outcome.reason
+        logger.info("webhook %s: %s", action, reply.get("outcome", "acknowledged"))
+        return jsonify(reply)
+
+    @app.get("/status")
+    def status() -> Response:
+        learning = _learning(state)
+        _, number = _project_key(request.args.get("project") or "")
+        try:
+            return jsonify(learning.status(number))
+        except KeyError as e:
+            return _error(404, str(e.args[0]))
+
+    @app.post("/calibration-sample")
+    def calibration_sample() -> Response:
+        learning = _learning(state)
+        body = _json_object()
+        _, number = _project_key(_require(body, "project", "Label Studio's project id"))
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise BadRequest(f"'seed' must be an integer, got {seed!r}")
+        try:
+            drawn = learning.calibration_sample(
+                number, body.get("k", 20), str(body.get("method", "SE")), seed
+            )
+        except KeyError as e:
+            return _error(404, str(e.args[0]))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        return jsonify(drawn)
 
     @app.get("/explain")
     def explain() -> Response:
@@ -592,11 +675,48 @@ def _register_routes(app: Flask, state: BackendState) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
+        text = state.metrics.registry.render()
+        if state.learning is not None:
+            text += state.learning.render_metrics()
         return Response(
-            state.metrics.registry.render(),
+            text,
             mimetype="text/plain",
             content_type=state.metrics.registry.content_type,
         )
+
+
+def _learning(state: BackendState) -> LearningLoop:
+    if state.learning is None:
+        raise NotFound("the learning loop is off on this server (loop.enabled, or a predictor without LLMs)")
+    return state.learning
+
+
+def _route(
+    state: BackendState,
+    project: ProjectSetup,
+    tasks: list[Any],
+    readable: list[int],
+    texts: list[str],
+    entries: list[dict[str, Any] | list[Any]],
+    version: str,
+) -> dict[str, int]:
+    """Hand the predicted tasks to the learning loop (texts, scores, review marks); returns the band counts."""
+    assert state.learning is not None
+    ids, kept_texts, scores, choices = [], [], [], []
+    for i, text in zip(readable, texts, strict=True):
+        task_id = tasks[i].get("id") if isinstance(tasks[i], Mapping) else None
+        if isinstance(task_id, bool) or not isinstance(task_id, int):
+            continue
+        entry = entries[i]
+        ids.append(task_id)
+        kept_texts.append(text)
+        scores.append(entry["score"] if isinstance(entry, dict) else None)
+        choices.append(entry["result"][0]["value"]["choices"][0] if isinstance(entry, dict) else None)
+    try:
+        return state.learning.after_predict(project, ids, kept_texts, scores, version, choices)
+    except Exception:  # routing is bookkeeping: the predictions still go back to Label Studio
+        logger.exception("project %s: routing the predicted tasks failed", project.project_id)
+        return {}
 
 
 def _error(code: int, message: str) -> Response:

@@ -13,6 +13,7 @@ ML backend is connected) wins key by key, mappings merged recursively, lists rep
     model_dir: ...             # server only: score cache and out-of-task models (default $LWC_MODEL_DIR)
     oot_scores: ...            # server only: other tasks' labeled scores (default: the public benchmark table)
     oot_tasks: ...             # server only: their tasks file (default: tasks.yaml next to oot_scores)
+    loop: {...}                # the learning loop: routing thresholds, retrain settings (LearningSettings)
 
 ``model_dir``, ``oot_scores`` and ``oot_tasks`` name files on the server, so a project's ``extra_params`` (which
 anyone who can edit the project in Label Studio sets) may not change them.
@@ -42,6 +43,7 @@ KNOWN_KEYS = (
     "max_text_chars",
     "max_tasks",
     "confidence_bands",
+    "loop",
     *SERVER_ONLY_KEYS,
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -132,6 +134,81 @@ class CascadeSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+LOOP_SERVER_KEYS = (
+    "enabled",
+    "auto_accept_threshold",
+    "views",
+    "uncertainty_sampling",
+    "poll_s",
+    "catch_up_retry_s",
+)
+
+
+@dataclass(frozen=True)
+class LearningSettings:
+    """The learning loop of a project (docs/learning-loop.md): the ``loop`` section of the configuration.
+
+    Attributes:
+        enabled: store webhook labels, route tasks, retrain (off: /webhook only acknowledges).
+        auto_accept_threshold: predictions scoring at least this are accepted as annotations made by the backend
+            (None: never; the labels it makes never feed the calibrators or the policy).
+        views: create the Data Manager views "Needs review" and "Calibration sample" through label-studio-sdk.
+        uncertainty_sampling: set the project's task sampling to "Uncertainty sampling" (least confident first).
+        poll_s: how often the retrain worker looks for due retrains and ``lwc retrain`` requests.
+        catch_up_retry_s: how long after a failed catch-up from Label Studio the backend tries again.
+        retrain: the remaining keys, the trainer's :class:`ls_backend.loop.LoopConfig` (``review_threshold``,
+            ``retrain_every``, ``n_trials``, ``min_holdout_labels``, ...).
+    """
+
+    enabled: bool = True
+    auto_accept_threshold: float | None = None
+    views: bool = True
+    uncertainty_sampling: bool = True
+    poll_s: float = 5.0
+    catch_up_retry_s: float = 60.0
+    retrain: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> LearningSettings:
+        from ls_backend.loop.trainer import LoopConfig
+
+        where = f"{source}: loop"
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {data!r}")
+        server = {k: data[k] for k in LOOP_SERVER_KEYS if k in data}
+        retrain = {k: v for k, v in data.items() if k not in LOOP_SERVER_KEYS}
+        try:
+            loop = LoopConfig.from_dict(dict(retrain))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+        settings = cls(**server, retrain=retrain)
+        for name in ("enabled", "views", "uncertainty_sampling"):
+            if not isinstance(getattr(settings, name), bool):
+                raise ConfigError(f"{where}.{name} must be true or false, got {getattr(settings, name)!r}")
+        for name in ("poll_s", "catch_up_retry_s"):
+            value = getattr(settings, name)
+            if not _is_number(value) or value <= 0:
+                raise ConfigError(f"{where}.{name} must be a number > 0, got {value!r}")
+        if not _is_number(loop.review_threshold) or not 0.0 <= loop.review_threshold <= 1.0:
+            raise ConfigError(f"{where}.review_threshold must be in [0, 1], got {loop.review_threshold!r}")
+        auto = settings.auto_accept_threshold
+        if auto is not None and (not _is_number(auto) or not loop.review_threshold <= auto <= 1.0):
+            raise ConfigError(
+                f"{where}.auto_accept_threshold must be null or in [review_threshold, 1], got {auto!r}"
+            )
+        return settings
+
+    def loop_config(self) -> Any:
+        """The trainer's :class:`ls_backend.loop.LoopConfig`."""
+        from ls_backend.loop.trainer import LoopConfig
+
+        return LoopConfig.from_dict(dict(self.retrain))
+
+    @property
+    def review_threshold(self) -> float:
+        return float(self.loop_config().review_threshold)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -156,6 +233,7 @@ class BackendConfig:
     oot_scores: str | None = None
     oot_tasks: str | None = None
     cascade_settings: CascadeSettings = field(default_factory=CascadeSettings)
+    learning: LearningSettings = field(default_factory=LearningSettings)
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -171,7 +249,7 @@ class BackendConfig:
         llms = data.get("llms", [])
         if not isinstance(llms, list):
             raise ConfigError(f"{source}: 'llms' must be a list (cheapest first), got {type(llms).__name__}")
-        for key in ("prompt", "cascade"):
+        for key in ("prompt", "cascade", "loop"):
             if not isinstance(data.get(key, {}), Mapping):
                 raise ConfigError(f"{source}: {key!r} must be a mapping, got {data[key]!r}")
         bands = data.get("confidence_bands", list(defaults.confidence_bands))
@@ -204,6 +282,7 @@ class BackendConfig:
             oot_scores=paths["oot_scores"],
             oot_tasks=paths["oot_tasks"],
             cascade_settings=CascadeSettings.from_mapping(data.get("cascade", {}), source),
+            learning=LearningSettings.from_mapping(data.get("loop", {}), source),
             raw=data,
         )
 

@@ -73,6 +73,8 @@ class ProjectSetup:
         config: the backend configuration merged with the project's ``extra_params``.
         question: the question put to the LLMs.
         question_source: where the question came from: ``"config"``, ``"label_studio"`` or ``"default"``.
+        label_config_xml: the labeling config as Label Studio sent it (None: not kept).
+        extra_params: the project's ``extra_params`` (already merged into ``config``).
     """
 
     project_id: str
@@ -80,6 +82,8 @@ class ProjectSetup:
     config: BackendConfig
     question: str
     question_source: str = "default"
+    label_config_xml: str | None = None
+    extra_params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ls_project(self) -> int | None:
@@ -369,6 +373,11 @@ class CascadePredictor:
         plugged = self.plugged_version(project)
         if plugged is not None:
             return plugged
+        return self.oot_model(project)
+
+    def oot_model(self, project: ProjectSetup) -> OOTModel:
+        """The project's out-of-task model (built on first need, then from memory or its JSON file): what serves
+        before any in-task label, and what the learning loop saves as the project's ``initial`` version."""
         plan = self.oot_plan(project)
         cache = self._oot_cache(project.config)
         config = project.config
@@ -463,6 +472,15 @@ class CascadePredictor:
 
 def _predicted_revision(config: LLMConfig) -> str | None:
     """The revision an LLM will report, computed without loading it (None when only the adapter can tell)."""
+    base = _predicted_base_revision(config)
+    if base is None or config.kind not in ("packaged", "hf"):
+        return base
+    from ls_backend.llms.hf import CLASS_MATCHING_RULE
+
+    return f"{base}|{CLASS_MATCHING_RULE}"  # the HF adapter's revision names its class-token rule too
+
+
+def _predicted_base_revision(config: LLMConfig) -> str | None:
     options = config.options
     if config.kind == "packaged" and isinstance(options.get("model"), str):
         from ls_backend.llms.packaged import packaged_model
