@@ -2,14 +2,16 @@
 
 1. Retrain time: 10,000 labels x 3 LLMs (synthetic), stored through ``record_event`` (webhook throughput) and
    refit + retrained with a 100-trial bin-edge tuning; the time per stage.
-2. Label efficiency: on synthetic tasks (ls_backend.synthetic: no real LLM scores are used here), simulated
+2. Label efficiency: on synthetic tasks (ls_backend.synthetic), or with ``--scores FILE`` on the real benchmark
+   tasks of a scores table (ALL-OOT ST calibrators from the other tasks as the starting point), simulated
    annotators label calibration samples drawn by U, SE and IE; the served ACE over the whole task (calibrators
    fitted with Horvitz-Thompson weights, the default threshold policy) against the number of human labels.
    Writes docs/figures/label-efficiency.png.
 3. Review labels in the calibrators' fit: a calibration sample plus the review band's labels, used as
    ``exclude``, ``unweighted`` or ``poststratified`` (ls_backend.loop.weighting); served ACE over the task.
 
-Options: ``--quick`` (fewer repetitions), ``--skip-retrain``, ``--reps N``.
+Options: ``--quick`` (fewer repetitions), ``--skip-retrain``, ``--skip-efficiency``, ``--skip-review``,
+``--reps N``, ``--scores FILE``.
 """
 
 from __future__ import annotations
@@ -64,16 +66,54 @@ def _served_ace(logits, answers, labels, calibrators, threshold: float = 0.8) ->
     return weighted_ace(served.scores, served.predictions == labels)
 
 
-def label_efficiency(reps: int, budgets: list[int], out: Path) -> dict[str, dict[int, tuple[float, float]]]:
-    """Served ACE vs number of calibration labels for U, SE, IE (mean and standard error over tasks x reps)."""
+def synthetic_targets() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, list]]:
+    """Four synthetic targets, each with ST calibrators fitted on a task of its family (SIM-OOT-like)."""
     table = make_synthetic_scores(n_tasks=8, n_items=2000, n_families=4, seed=5)
     names = list(table.tasks)
+    targets = []
+    for t in range(4):
+        target, source = table.tasks[names[t]], table.tasks[names[t + 4]]
+        oot = [make_calibrator("ST").fit(source.logits[k], source.labels) for k in range(3)]
+        targets.append((target.name, target.logits, target.answers, target.labels, oot))
+    return targets
+
+
+def real_targets(scores: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, list]]:
+    """Every fully labeled binary task of a real scores table, with ST calibrators fitted on all OTHER tasks
+    of the same classes (ALL-OOT), one per LLM."""
+    from ls_backend.scores import read_scores
+
+    table = read_scores(scores)
+    llms = table.llms
+    tasks = [t for t in table if len(t.classes) == 2 and t.labeled.all()]
+    targets = []
+    for target in tasks:
+        others = [t for t in tasks if t.name != target.name and t.classes == target.classes]
+        if not others:
+            continue
+        order = [target.llm_index(llm) for llm in llms]
+        oot = []
+        for llm in llms:
+            x = np.concatenate([t.logits[t.llm_index(llm)] for t in others])
+            y = np.concatenate([t.labels for t in others])
+            oot.append(make_calibrator("ST").fit(x, y))
+        targets.append((target.name, target.logits[order], target.answers[order], target.labels, oot))
+    if not targets:
+        raise SystemExit(f"{scores}: no two fully labeled binary tasks with the same classes")
+    return targets
+
+
+def label_efficiency(
+    reps: int, budgets: list[int], out: Path, scores: Path | None = None
+) -> dict[str, dict[int, tuple[float, float]]]:
+    """Served ACE vs number of calibration labels for U, SE, IE (mean and standard error over tasks x reps)."""
+    targets = real_targets(scores) if scores else synthetic_targets()
+    source = f"{len(targets)} real benchmark tasks" if scores else "synthetic tasks"
+    n_items = min(labels.size for _, _, _, labels, _ in targets)
+    budgets = [k for k in budgets if k <= n_items // 2]
     results: dict[str, dict[int, list[float]]] = {m: {k: [] for k in budgets} for m in ("U", "SE", "IE")}
     oot_aces = []
-    for t in range(4):
-        target, source = table.tasks[names[t]], table.tasks[names[t + 4]]  # same family: SIM-OOT-like
-        logits, answers, labels = target.logits, target.answers, target.labels
-        oot = [make_calibrator("ST").fit(source.logits[k], source.labels) for k in range(3)]
+    for t, (_, logits, answers, labels, oot) in enumerate(targets):
         oot_aces.append(_served_ace(logits, answers, labels, oot))
         uncalibrated = np.exp(logits[0] - logits[0].max(1, keepdims=True))
         uncalibrated = (uncalibrated / uncalibrated.sum(1, keepdims=True))[np.arange(labels.size), answers[0]]
@@ -109,13 +149,13 @@ def label_efficiency(reps: int, budgets: list[int], out: Path) -> dict[str, dict
         ax.errorbar(budgets, means, yerr=errors, marker="o", capsize=3, label=method)
     ax.axhline(float(np.mean(oot_aces)), color="grey", linestyle="--", label="out-of-task (no label)")
     ax.set(xscale="log", xlabel="human calibration labels", ylabel="served ACE over the task",
-           title="label efficiency (synthetic tasks)")  # fmt: skip
+           title=f"label efficiency ({source})")  # fmt: skip
     ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
-    print(f"label efficiency (served ACE, mean ± s.e. over 4 tasks x {reps} reps); out-of-task ACE "
+    print(f"label efficiency (served ACE, mean ± s.e. over {source} x {reps} reps); out-of-task ACE "
           f"{np.mean(oot_aces):.4f}; figure {out}")  # fmt: skip
     print("  labels " + " ".join(f"{k:>15}" for k in budgets))
     for method, by_k in summary.items():
@@ -176,16 +216,25 @@ def main() -> int:
     parser.add_argument("--skip-retrain", action="store_true")
     parser.add_argument("--skip-efficiency", action="store_true")
     parser.add_argument("--calibrators", default="ST,SV", help="calibrators of the review-label experiment")
+    parser.add_argument(
+        "--scores",
+        type=Path,
+        default=None,
+        help="real scores table for the label-efficiency study (else synthetic)",
+    )
+    parser.add_argument("--skip-review", action="store_true")
     args = parser.parse_args()
     reps = args.reps or (5 if args.quick else 25)
     results: dict = {}
     if not args.skip_retrain:
         results["retrain"] = bench_retrain()
     if not args.skip_efficiency:
+        figure = "label-efficiency-real.png" if args.scores else "label-efficiency.png"
         results["label_efficiency"] = label_efficiency(
-            reps, [10, 20, 50, 100, 200, 400], REPO / "docs/figures/label-efficiency.png"
+            reps, [10, 20, 50, 100, 200, 400], REPO / "docs/figures" / figure, args.scores
         )
-    results["review_labels"] = {c: review_labels(reps, calibrator=c) for c in args.calibrators.split(",")}
+    if not args.skip_review:
+        results["review_labels"] = {c: review_labels(reps, calibrator=c) for c in args.calibrators.split(",")}
     path = REPO / ".cache" / "bench_retrain.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=str))
