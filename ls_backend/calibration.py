@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
@@ -106,7 +107,7 @@ def _check_reg(reg: float, name: str = "reg") -> float:
     return value
 
 
-class Calibrator:
+class Calibrator(ABC):
     """Base class: maps class logits (n, C) to calibrated class logits (n, C).
 
     Subclasses set ``name``, ``param_names`` (constructor parameters) and ``state_names`` (fitted attributes,
@@ -199,14 +200,14 @@ class Calibrator:
             calibrator._check_state()
         return calibrator
 
-    def _check_state(self) -> None:
+    def _check_state(self) -> None:  # noqa: B027 (optional hook: calibrators without state need no check)
         """Validate restored state (shapes agree with n_classes_)."""
 
-    def _fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> None: ...
 
-    def _transform(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def _transform(self, x: np.ndarray) -> np.ndarray: ...
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -241,7 +242,7 @@ class Identity(Calibrator):
         return x.copy()
 
 
-class _LikelihoodCalibrator(Calibrator):
+class _LikelihoodCalibrator(Calibrator, ABC):
     """Shared maximum-likelihood fit for calibrators whose calibrated logits are linear in parameters theta."""
 
     param_names: ClassVar[tuple[str, ...]] = ("reg", "max_iter")
@@ -254,21 +255,21 @@ class _LikelihoodCalibrator(Calibrator):
         self.max_iter = max_iter
 
     # Subclasses: parameter layout, calibrated logits and the chain rule back to theta.
-    def _identity_theta(self, n_classes: int) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def _identity_theta(self, n_classes: int) -> np.ndarray: ...
 
     def _prior_precision(self, n_classes: int) -> np.ndarray:
         return np.full(self._identity_theta(n_classes).size, _check_reg(self.reg))
 
-    def _logits_of(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def _logits_of(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray: ...
 
+    @abstractmethod
     def _grad_of(self, theta: np.ndarray, x: np.ndarray, dz: np.ndarray) -> np.ndarray:
         """d(sum of loss)/d theta given dz = d(loss)/d(calibrated logits), shape (n, C)."""
-        raise NotImplementedError
 
-    def _set_theta(self, theta: np.ndarray, n_classes: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _set_theta(self, theta: np.ndarray, n_classes: int) -> None: ...
 
     def objective(
         self, theta: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray

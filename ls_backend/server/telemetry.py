@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 DEFAULT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -35,7 +36,7 @@ def _labels_text(names: Sequence[str], values: Sequence[str], extra: tuple[str, 
     return "{" + ",".join(pairs) + "}" if pairs else ""
 
 
-class _Metric:
+class _Metric(ABC):
     kind = ""
 
     def __init__(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> None:
@@ -56,8 +57,8 @@ class _Metric:
     def _header(self) -> list[str]:
         return [f"# HELP {self.name} {_escape(self.help_text)}", f"# TYPE {self.name} {self.kind}"]
 
-    def render(self) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def render(self) -> list[str]: ...
 
 
 class Counter(_Metric):
