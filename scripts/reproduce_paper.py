@@ -5,10 +5,13 @@
 
     .venv/bin/python scripts/reproduce_paper.py [--scores docs/benchmark/scores.jsonl.gz]
         [--tasks docs/benchmark/tasks.yaml] [--out docs/results.md] [--figures docs/figures]
-        [--seed 0] [--quick] [--jobs 1] [--task-embeddings FILE.json] [--no-progress]
+        [--costs SCORES_DIR/costs.json] [--seed 0] [--quick] [--jobs 1] [--task-embeddings FILE.json]
+        [--no-progress]
     .venv/bin/python scripts/reproduce_paper.py --write-synthetic DIR   # a synthetic table of the benchmark's size
 
-No LLM is called: everything comes from the scores table (see ls_backend/scores.py). Binary tasks get the paper's
+No LLM is called: everything comes from the scores table (see ls_backend/scores.py) and, when given, the
+costs file of ``scripts/measure_costs.py`` (seconds per item of each LLM on each task, measured on a quiet
+machine), whose numbers replace the contended ``cost`` column of the table. Binary tasks get the paper's
 calibration protocol (uncalibrated, ALL-OOT/SIM-OOT x ST/SV, in-task shots x U/SE/IE x ST/SV:
 :func:`ls_backend.experiments.run_calibration_experiment`); multi-class tasks have no out-of-task source with
 their class list, so they are reported in-task (U only: SE/IE need an out-of-task reference). Table 3 is
@@ -115,6 +118,25 @@ def load_table(scores: Path, tasks: Path | None) -> tuple[ScoresTable, dict[str,
 
 def subtable(table: ScoresTable, names: Iterable[str]) -> ScoresTable:
     return ScoresTable({name: table[name] for name in names})
+
+
+def apply_costs(table: ScoresTable, path: Path) -> ScoresTable:
+    """The table with every item's cost set to its (LLM, task) seconds per item from a costs file of
+    ``scripts/measure_costs.py``; every LLM and task of the table must be in it."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    per_llm = data.get("llms") if isinstance(data, dict) else None
+    if not isinstance(per_llm, dict):
+        raise ValueError(f"{path}: not a costs file of scripts/measure_costs.py (no 'llms' object)")
+    tasks: dict[str, TaskScores] = {}
+    for task in table:
+        costs = np.empty_like(task.costs)
+        for li, llm in enumerate(task.llms):
+            value = per_llm.get(llm, {}).get("tasks", {}).get(task.name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{path}: no valid seconds per item for LLM {llm!r} on task {task.name!r}")
+            costs[li] = float(value)
+        tasks[task.name] = replace(task, costs=costs)
+    return ScoresTable(tasks)
 
 
 def task_embeddings(table: ScoresTable, path: Path | None) -> Mapping[str, np.ndarray] | Callable[..., Any]:
@@ -539,6 +561,8 @@ class Report:
     figures: dict[str, str]
     provenance: dict[str, Any] | None
     discussion: str
+    costs_path: str | None = None
+    costs_sha256: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -678,8 +702,14 @@ def render(report: Report) -> str:
 
     add("## Benchmark")
     add("")
-    add("Cost of an LLM = its measured mean seconds per item in the scores table (`cost` column); relative cost = "
-        f"that divided by the cheapest LLM's (`{cheapest}`).")  # fmt: skip
+    if report.costs_path:
+        add(f"Cost of an LLM = its mean seconds per item measured on a quiet machine, every LLM on the same items, "
+            f"interleaved (`{report.costs_path}`, sha256 `{report.costs_sha256}`, written by "
+            "`scripts/measure_costs.py`; per task, so longer texts cost more); relative cost = that divided by the "
+            f"cheapest LLM's (`{cheapest}`).")  # fmt: skip
+    else:
+        add("Cost of an LLM = its measured mean seconds per item in the scores table (`cost` column); relative "
+            f"cost = that divided by the cheapest LLM's (`{cheapest}`).")  # fmt: skip
     add("")
     mean_cost = {
         m: float(np.mean(np.concatenate([t.costs[t.llm_index(m)] for t in report.table]))) for m in llms
@@ -1164,12 +1194,15 @@ def reproduce(
     settings: Settings,
     *,
     embeddings_file: Path | None = None,
+    costs_file: Path | None = None,
     n_jobs: int = 1,
     progress: bool = True,
     command: str = "",
 ) -> str:
     """Run everything and write ``out`` (and the figures); returns the markdown."""
     table, _ = load_table(scores, tasks)
+    if costs_file is not None:
+        table = apply_costs(table, costs_file)
     llms = table.llms
     binary = [t.name for t in table if len(t.classes) == 2]
     multiclass = [t.name for t in table if len(t.classes) != 2]
@@ -1215,6 +1248,8 @@ def reproduce(
         table=table, llms=llms, binary=binary, multiclass=multiclass, calib=calib, calib_multi=calib_multi,
         table3=table3, claims=claims, comparisons=comparisons, best_at_max=best_at_max, pooled_aces=pooled,
         noise_floor=floor, figures={}, provenance=provenance, discussion=discussion, notes=notes,
+        costs_path=_display_path(costs_file) if costs_file else None,
+        costs_sha256=sha256_of(costs_file) if costs_file else None,
     )  # fmt: skip
     report.figures = make_figures(report, figures_dir, out, curves)
     text = render(report)
@@ -1273,6 +1308,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--figures", default=DEFAULT_FIGURES, help=f"folder for the PNGs (default {DEFAULT_FIGURES})"
     )
+    parser.add_argument(
+        "--costs",
+        help="seconds per item per (LLM, task) from scripts/measure_costs.py (default: costs.json beside the "
+        "scores file, when there is one; '' = the scores table's own cost column)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--quick", action="store_true", help="small settings for smoke tests (not for conclusions)"
@@ -1318,6 +1358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reproduce_paper: error: tasks file {tasks} does not exist (--tasks '' runs without descriptions)",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.costs is None:
+        beside = scores.parent / "costs.json"
+        costs = beside if beside.exists() else None
+    else:
+        costs = Path(args.costs) if args.costs else None
+        if costs is not None and not costs.exists():
+            print(f"reproduce_paper: error: costs file {costs} does not exist", file=sys.stderr)
+            return 2
     settings = replace(QUICK if args.quick else Settings(), seed=args.seed)
     overrides = {k: v for k, v in (("repeats", args.repeats), ("trials", args.trials),
                                    ("eval_repeats", args.eval_repeats), ("n_clusters", args.n_clusters))
@@ -1332,6 +1380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(
         ["python scripts/reproduce_paper.py", f"--scores {_display_path(scores)}"]
         + ([f"--tasks {_display_path(tasks)}"] if tasks else [])
+        + ([f"--costs {_display_path(costs)}"] if costs else [])
         + [f"--seed {args.seed}"]
         + (["--quick"] if args.quick else [])
         + [f"--{k.replace('_', '-')} {v}" for k, v in overrides.items()]
@@ -1340,7 +1389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reproduce(
             scores, tasks, Path(args.out), Path(args.figures), settings,
-            embeddings_file=Path(args.task_embeddings) if args.task_embeddings else None, n_jobs=args.jobs,
+            embeddings_file=Path(args.task_embeddings) if args.task_embeddings else None, costs_file=costs,
+            n_jobs=args.jobs,
             progress=not args.no_progress, command=command,
         )  # fmt: skip
     except (ValueError, FileNotFoundError, KeyError) as e:
