@@ -1,4 +1,4 @@
-"""Calibration and classification metrics: ACE, ECE, Brier score, NLL, reliability curves, summaries.
+"""Calibration and classification metrics: ACE, ECE, Brier score, NLL, ROC AUC, reliability curves, summaries.
 
 ``scores`` are confidence scores in [0, 1] (the probability of the answered class) and ``hits`` say whether that
 answer was right (bool or 0/1). Pure numpy; no I/O.
@@ -148,6 +148,31 @@ def nll(probs: Any, labels: Any, eps: float = 1e-15) -> float:
     (so a confidently wrong item costs -log(eps) ~ 34.5 instead of infinity)."""
     p, y = _check_probs_labels(probs, labels)
     return float(-np.log(np.maximum(p[np.arange(p.shape[0]), y], eps)).mean())
+
+
+def roc_auc(margins: Any, positives: Any) -> float:
+    """Area under the ROC curve of ``margins`` (higher = more likely positive) for the 0/1 ``positives``: the
+    probability that a random positive outranks a random negative, ties counting one half (Mann-Whitney U).
+
+    How well a score ranks items regardless of where the answer threshold sits: an LLM that answers "no" to every
+    item has accuracy 0.5 on a balanced task yet may rank them well. NaN if either class is absent.
+    """
+    from scipy.stats import rankdata
+
+    m = np.asarray(margins, dtype=np.float64)
+    y = np.asarray(positives)
+    if m.ndim != 1 or y.shape != m.shape:
+        raise ValueError(f"roc_auc: margins {m.shape} and positives {y.shape} must be 1-d of the same length")
+    if not np.isfinite(m).all():
+        raise ValueError("roc_auc: margins must be finite")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("roc_auc: positives must be 0/1 or bool")
+    y = y.astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(m)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 @dataclass(frozen=True)

@@ -571,6 +571,23 @@ def accuracy(task: TaskScores, li: int) -> float:
     return float(np.mean(task.answers[li, labeled] == task.labels[labeled]))
 
 
+def positive_index(task: TaskScores) -> int:
+    """The class a binary task's F1 and AUC are about: 'yes' where there is one, else the first."""
+    return task.classes.index("yes") if "yes" in task.classes else 0
+
+
+def margin_auc(task: TaskScores, li: int) -> float:
+    """ROC AUC of the LLM's logit margin (positive class minus the other) on a binary task's labeled items."""
+    labeled, pos = task.labeled, positive_index(task)
+    logits = task.logits[li, labeled]
+    return metrics.roc_auc(logits[:, pos] - logits[:, 1 - pos], task.labels[labeled] == pos)
+
+
+def positive_rate(task: TaskScores, li: int) -> float:
+    """Share of a binary task's items the LLM answered with the positive class."""
+    return float(np.mean(task.answers[li] == positive_index(task)))
+
+
 def build_claims(report_parts: dict[str, Any], settings: Settings) -> tuple[list[Any], list[Comparison]]:
     experiment: CalibrationExperiment = report_parts["experiment"]
     table3: Table3 = report_parts["table3"]
@@ -718,26 +735,31 @@ def render(report: Report) -> str:
     for m in llms:
         acc_b = [accuracy(report.table[t], report.table[t].llm_index(m)) for t in report.binary]
         acc_m = [accuracy(report.table[t], report.table[t].llm_index(m)) for t in report.multiclass]
+        auc_b = [margin_auc(report.table[t], report.table[t].llm_index(m)) for t in report.binary]
+        yes_b = [positive_rate(report.table[t], report.table[t].llm_index(m)) for t in report.binary]
         rows.append([f"`{m}`", fmt(mean_cost[m]), f"{mean_cost[m] / mean_cost[cheapest]:.2f}x",
-                     fmt(float(np.mean(acc_b)), 3) if acc_b else "-", fmt(float(np.mean(acc_m)), 3) if acc_m else "-"])  # fmt: skip
-    add(
-        markdown_table(
-            [
-                "LLM",
-                "seconds / item",
-                "relative cost",
-                "accuracy (binary, mean)",
-                "accuracy (multi-class, mean)",
-            ],
-            rows,
-        )
-    )
+                     fmt(float(np.mean(acc_b)), 3) if acc_b else "-", fmt(float(np.mean(auc_b)), 3) if auc_b else "-",
+                     fmt(float(np.mean(yes_b)), 3) if yes_b else "-",
+                     fmt(float(np.mean(acc_m)), 3) if acc_m else "-"])  # fmt: skip
+    add(markdown_table(["LLM", "seconds / item", "relative cost", "accuracy (binary, mean)",
+                        "AUC (binary, mean)", "answers 'yes' (binary, mean)", "accuracy (multi-class, mean)"],
+                       rows))  # fmt: skip
+    add("")
+    add("Accuracy scores the LLM's answer; AUC scores how its logit margin (yes minus no) ranks the items whatever "
+        "the threshold (0.5 = no better than chance, below 0.5 = inverted); `answers 'yes'` is the share of items "
+        "the LLM answered yes (the binary tasks are balanced, so 0.5 would be unbiased). Per task: accuracy / AUC "
+        "(binary) or accuracy (multi-class).")  # fmt: skip
     add("")
     rows = []
     for t in report.table:
-        rows.append([t.name, str(len(t.classes)), str(t.n_items), str(int(t.labeled.sum())),
-                     *(fmt(accuracy(t, t.llm_index(m)), 3) for m in llms)])  # fmt: skip
-    add(markdown_table(["task", "classes", "items", "labeled", *(f"acc. {m}" for m in llms)], rows))
+        cells = [
+            f"{fmt(accuracy(t, t.llm_index(m)), 3)} / {fmt(margin_auc(t, t.llm_index(m)), 3)}"
+            if len(t.classes) == 2
+            else fmt(accuracy(t, t.llm_index(m)), 3)
+            for m in llms
+        ]
+        rows.append([t.name, str(len(t.classes)), str(t.n_items), str(int(t.labeled.sum())), *cells])
+    add(markdown_table(["task", "classes", "items", "labeled", *(f"{m}" for m in llms)], rows))
     add("")
     if report.provenance:
         add(_provenance_section(report.provenance))
@@ -1036,9 +1058,16 @@ def _generated_discussion(report: Report) -> str:
         acc = float(
             np.mean([accuracy(report.table[t], report.table[t].llm_index(llm)) for t in report.binary])
         )
+        aucs = np.array([margin_auc(report.table[t], report.table[t].llm_index(llm)) for t in report.binary])
+        yes_rate = float(
+            np.mean([positive_rate(report.table[t], report.table[t].llm_index(llm)) for t in report.binary])
+        )
         uncal = experiment.summary(llm, UNCALIBRATED)
         pooled = report.pooled_aces.get(llm)
-        text = f"- `{llm}`: mean accuracy {acc:.3f} on the binary tasks"
+        text = (f"- `{llm}`: mean accuracy {acc:.3f} on the binary tasks, answering yes to {yes_rate:.3f} of the "
+                f"items; its yes-minus-no logit margin ranks them with mean AUC {float(np.nanmean(aucs)):.3f} "
+                f"(AUC >= 0.7 on {int(np.sum(aucs >= 0.7))} of {aucs.size} tasks, < 0.5 on "
+                f"{int(np.sum(aucs < 0.5))})")  # fmt: skip
         if uncal is not None:
             text += f", mean uncalibrated ACE {uncal['mean']:.4f}"
         if pooled is not None:

@@ -218,3 +218,33 @@ def test_probability_metrics_reject_bad_input(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         metric(probs, labels)
+
+
+def test_roc_auc_by_hand_with_ties_and_degenerate_cases() -> None:
+    from ls_backend.metrics import roc_auc
+
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert roc_auc([1.0, 1.0, 1.0, 1.0], [0, 1, 0, 1]) == pytest.approx(0.5)  # all tied
+    assert roc_auc([3, 2, 1], [1, 0, 0]) == 1.0
+    assert roc_auc([3, 2, 1], [0, 1, 1]) == 0.0
+    assert np.isnan(roc_auc([1, 2], [1, 1]))
+    with pytest.raises(ValueError, match="0/1"):
+        roc_auc([1, 2], [0, 2])
+    with pytest.raises(ValueError, match="same length"):
+        roc_auc([1, 2, 3], [0, 1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_roc_auc_matches_torchmetrics(data: st.DataObject) -> None:
+    from torchmetrics.functional.classification import binary_auroc
+
+    from ls_backend.metrics import roc_auc
+
+    n = data.draw(st.integers(2, 60))
+    margins = data.draw(hnp.arrays(np.float64, n, elements=st.sampled_from([-1.0, 0.0, 0.25, 0.5, 2.0, 3.5])))
+    positives = data.draw(hnp.arrays(np.int64, n, elements=st.integers(0, 1)))
+    if positives.min() == positives.max():
+        positives[0] = 1 - positives[0]
+    expected = binary_auroc(torch.tensor(margins), torch.tensor(positives)).item()
+    assert roc_auc(margins, positives) == pytest.approx(expected, abs=1e-6)
