@@ -4,7 +4,6 @@ the ML backend served by ``lwc serve`` in a subprocess (both started once per se
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.tiny_models import corpus_words, save_tiny_llama
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,52 +33,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_tiny_llm(folder: Path, seed: int = 0) -> Path:
-    """Save a 2-layer Llama with random weights (``seed``) and a word-level tokenizer whose vocabulary holds the
-    class words of label_config/ into ``folder`` (fast and real: the HF adapter loads it from a config)."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.set_num_threads(1)
-    words = sorted(set(re.findall(r"\w+|[^\w\s]+", TINY_CORPUS)))
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3} | {w: i + 4 for i, w in enumerate(words)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
-    )
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20)  # random weights give logits near 0; make the classes differ clearly
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local Hugging Face model folder: a tiny random-weight Llama (see :func:`make_tiny_llm`)."""
-    return make_tiny_llm(tmp_path_factory.mktemp("tiny-llm"), seed=0)
+    """A local Hugging Face model folder: a 2-layer random-weight Llama (seed 0, head scaled by 20) whose
+    word-level vocabulary holds the class words of label_config/."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llm"), corpus_words(TINY_CORPUS), lm_head_scale=20)
 
 
 @pytest.fixture(scope="session")
 def tiny_llm_dirs(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two tiny random-weight Llama folders with different weights: a 2-LLM cascade for the server tests."""
-    return [tiny_llm_dir, make_tiny_llm(tmp_path_factory.mktemp("tiny-llm-b"), seed=1)]
+    other = save_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llm-b"), corpus_words(TINY_CORPUS), seed=1, lm_head_scale=20
+    )
+    return [tiny_llm_dir, other]
 
 
 TINY_LLM_NAMES = ("tiny-a", "tiny-b")

@@ -29,7 +29,7 @@ from ls_backend.llms.scoring import (
     RemoteRequestError,
     score_items,
 )
-from tests.test_score_cache import save_tiny_causal_lm
+from tests.tiny_models import save_sms_llama
 
 MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
 PROMPT = PromptTemplate(
@@ -43,7 +43,7 @@ def verifier_folder(tmp_path_factory):
     import torch
 
     torch.set_num_threads(1)
-    return save_tiny_causal_lm(tmp_path_factory.mktemp("verifier"), seed=1)
+    return save_sms_llama(tmp_path_factory.mktemp("verifier"), seed=1)
 
 
 @pytest.fixture(scope="module")

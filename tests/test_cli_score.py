@@ -14,7 +14,7 @@ import pytest
 
 from ls_backend.cli import main
 from ls_backend.scores import read_scores
-from tests.test_score_cache import save_tiny_causal_lm
+from tests.tiny_models import save_sms_llama
 
 TASKS = """
 tasks:
@@ -39,10 +39,7 @@ ITEMS = [
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny"))
+    return save_sms_llama(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
     T5Config,
@@ -23,6 +21,7 @@ from ls_backend.confidence import class_token_ids
 from ls_backend.llms import CostModel, PromptError, PromptTemplate
 from ls_backend.llms.config import LLMConfigError, build_llms, parse_llm_configs
 from ls_backend.llms.hf import HFLLM
+from tests.tiny_models import corpus_words, tiny_llama, tiny_word_tokenizer
 
 torch.set_num_threads(1)
 
@@ -48,38 +47,11 @@ CHAT_TEMPLATE = (
 
 
 def make_tokenizer(chat: bool = False) -> PreTrainedTokenizerFast:
-    words = sorted(set(re.findall(r"\w+|[^\w\s]+", CORPUS)))
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3} | {w: i + 4 for i, w in enumerate(words)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
-    )
-    if chat:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return tiny_word_tokenizer(corpus_words(CORPUS), chat_template=CHAT_TEMPLATE if chat else None)
 
 
-def make_causal(vocab_size: int, attn: str = "sdpa") -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-        attn_implementation=attn,
-    )
-    model = LlamaForCausalLM(config).eval()
-    # random weights give logits near 0; scale the head so classes differ clearly
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20)
-    return model
+def make_causal(tokenizer: PreTrainedTokenizerFast, attn: str = "sdpa") -> LlamaForCausalLM:
+    return tiny_llama(tokenizer, lm_head_scale=20, attn_implementation=attn)
 
 
 def make_seq2seq(kind: str, vocab_size: int) -> torch.nn.Module:
@@ -153,7 +125,7 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="module")
 def causal(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    return make_causal(len(tokenizer))
+    return make_causal(tokenizer)
 
 
 PROMPT = PromptTemplate("Is this message spam ?", ("yes", "no"))
@@ -173,7 +145,7 @@ FEW_SHOT = PromptTemplate(
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_batched_forward_matches_unpadded_reference(tokenizer, side: str, attn: str) -> None:
     llm = HFLLM(
-        make_causal(len(tokenizer), attn),
+        make_causal(tokenizer, attn),
         tokenizer,
         "tiny",
         batch_size=3,
@@ -236,7 +208,7 @@ def test_prefix_cache_falls_back_when_model_gives_no_cache(tokenizer, causal, ca
 
 @pytest.mark.parametrize("kind", ["causal", "t5"])
 def test_generate_takes_max_over_positions_until_eos(tokenizer, kind: str) -> None:
-    model = make_causal(len(tokenizer)) if kind == "causal" else make_seq2seq("t5", len(tokenizer))
+    model = make_causal(tokenizer) if kind == "causal" else make_seq2seq("t5", len(tokenizer))
     llm = HFLLM(model, tokenizer, kind, batch_size=4, method="generate", max_new_tokens=4)
     # make the first greedy token of one item the end-of-sequence token, so generations end at different steps
     first, _ = reference_generate(llm, TEXTS[:1], PROMPT, steps=1, eos=-1)

@@ -10,7 +10,7 @@ import pytest
 
 from ls_backend.scores import read_scores
 from tests.test_reproduce import load_script
-from tests.test_score_cache import save_tiny_causal_lm
+from tests.tiny_models import save_sms_llama
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +33,8 @@ def measure() -> object:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("costs")
-    model = save_tiny_causal_lm(folder / "model")
+    model = save_sms_llama(folder / "model")
     (folder / "tasks.yaml").write_text(TASKS)
     (folder / "llms.yaml").write_text(
         f"llms:\n  - name: tiny\n    kind: hf\n    model: {model}\n    batch_size: 2\n"

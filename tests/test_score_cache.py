@@ -11,7 +11,6 @@ import multiprocessing
 import random
 import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,85 +21,7 @@ from ls_backend.llms.base import LLMError, ScoredBatch
 from ls_backend.llms.cache import ScoreCache, text_hash
 from ls_backend.llms.prompts import PromptTemplate
 from ls_backend.llms.scoring import RemoteRequestError, RetryPolicy, TransientError, score_items
-
-WORDS = [
-    "yes",
-    "no",
-    "spam",
-    "ham",
-    "is",
-    "this",
-    "sms",
-    "message",
-    "text",
-    "answer",
-    "with",
-    "one",
-    "of",
-    "free",
-    "win",
-    "prize",
-    "call",
-    "now",
-    "claim",
-    "cash",
-    "hi",
-    "how",
-    "are",
-    "you",
-    "see",
-    "later",
-    "ok",
-    "thanks",
-    "love",
-    "home",
-    "going",
-    "to",
-    "the",
-    "a",
-    "i",
-    "me",
-    "my",
-    "it",
-    "for",
-    "and",
-    "or",
-    ",",
-    ".",
-    ":",
-    "?",
-    "!",
-]
-
-
-def save_tiny_causal_lm(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random LlamaForCausalLM and a word-level tokenizer to ``folder`` (save_pretrained)."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "<s>", "</s>", *dict.fromkeys(WORDS)])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>", eos_token="</s>"
-    )
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from tests.tiny_models import save_sms_llama
 
 
 class CountingLLM:
@@ -125,12 +46,9 @@ class CountingLLM:
 
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory):
-    import torch
-
     from ls_backend.llms.hf import HFLLM
 
-    torch.set_num_threads(1)
-    folder = save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"))
+    folder = save_sms_llama(tmp_path_factory.mktemp("tiny-llama"))
     return HFLLM.from_pretrained(str(folder), name="tiny", batch_size=4)
 
 
