@@ -109,6 +109,9 @@ def llm_entries(
                 entry["mean_seconds_per_item" if config.cost.unit == "seconds" else "mean_cost_per_item"] = (
                     float(flat.mean())
                 )
+                if config.cost.unit == "seconds":
+                    # the table's LLM time (a duplicate text is scored once but its seconds count for each of its items)
+                    entry["total_seconds"] = float(flat.sum())
         entries.append(entry)
         prompts[config.name] = {}
         for name, task in tasks.items():

@@ -189,6 +189,8 @@ def test_provenance_only_records_models_prompts_and_costs(tmp_path: Path, repro:
     assert by_name[table.llms[0]]["sha256"] == packaged_model("smollm2-135m-instruct").sha256
     expected = float(np.concatenate([t.costs[t.llm_index(table.llms[0])] for t in table]).mean())
     assert by_name[table.llms[0]]["mean_seconds_per_item"] == pytest.approx(expected)
+    total = float(np.concatenate([t.costs[t.llm_index(table.llms[0])] for t in table]).sum())
+    assert by_name[table.llms[0]]["total_seconds"] == pytest.approx(total)
     assert set(provenance["prompts"][table.llms[1]]) == set(table.tasks)
     assert provenance["files"]["scores"]["sha256"] == repro.sha256_of(scores)
     assert provenance["package_versions"]["numpy"] == np.__version__
