@@ -100,6 +100,8 @@ def test_report_is_byte_identical_across_runs_and_worker_counts(inputs: dict[str
     # binary tasks show accuracy / AUC of the logit margin; the generated discussion says how often each LLM says yes
     assert "AUC (binary, mean)" in text and re.search(r"\| 0\.\d{3} / 0\.\d{3} \|", text)
     assert text.count("answering yes to ") == len(table.llms)
+    assert "## Beyond the paper: answering with the calibrated argmax" in text
+    assert text.count("- Beyond the paper: ") == 2  # accuracy and F1, each with its paired test
 
 
 def test_missing_scores_file_is_a_clear_error(tmp_path: Path) -> None:
