@@ -68,8 +68,9 @@ def file_entry(path: Path) -> dict[str, Any]:
 def llm_entries(
     llms_path: Path, tasks_path: Path, scores_path: Path
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per LLM: its config, model sha256 and packages (packaged models), measured seconds per item; and the
-    prompt template of every (LLM, task)."""
+    """Per LLM: its config, model sha256 and packages (packaged models), measured seconds per item and in all (and
+    what the table would take at the quiet costs of a ``costs.json`` beside the scores); and the prompt template of
+    every (LLM, task)."""
     import numpy as np
 
     from ls_backend.llms.config import load_llm_configs
@@ -79,6 +80,10 @@ def llm_entries(
     configs = load_llm_configs(llms_path)
     tasks = load_tasks(tasks_path)
     table = read_scores(scores_path) if scores_path.exists() else None
+    costs_path = scores_path.parent / "costs.json"
+    quiet_costs = (
+        json.loads(costs_path.read_text(encoding="utf-8")).get("llms", {}) if costs_path.exists() else {}
+    )
     entries: list[dict[str, Any]] = []
     prompts: dict[str, dict[str, Any]] = {}
     for config in configs:
@@ -112,6 +117,11 @@ def llm_entries(
                 if config.cost.unit == "seconds":
                     # the table's LLM time (a duplicate text is scored once but its seconds count for each of its items)
                     entry["total_seconds"] = float(flat.sum())
+                    quiet = quiet_costs.get(config.name, {}).get("tasks", {})
+                    if quiet and all(t.name in quiet for t in table if config.name in t.llms):
+                        entry["total_seconds_at_quiet_costs"] = float(
+                            sum(t.n_items * quiet[t.name] for t in table if config.name in t.llms)
+                        )
         entries.append(entry)
         prompts[config.name] = {}
         for name, task in tasks.items():

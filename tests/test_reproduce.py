@@ -183,6 +183,8 @@ def test_provenance_only_records_models_prompts_and_costs(tmp_path: Path, repro:
             )
         )
     )
+    quiet = {llm: {"tasks": {t.name: 0.5 * (k + 1) for t in table}} for k, llm in enumerate(table.llms)}
+    (tmp_path / "costs.json").write_text(json.dumps({"llms": quiet}))
     assert rescore.main(["--llms", str(llms), "--dir", str(tmp_path), "--provenance-only"]) == 0
     provenance = json.loads((tmp_path / "provenance.json").read_text())
     by_name = {entry["name"]: entry for entry in provenance["llms"]}
@@ -193,6 +195,8 @@ def test_provenance_only_records_models_prompts_and_costs(tmp_path: Path, repro:
     assert by_name[table.llms[0]]["mean_seconds_per_item"] == pytest.approx(expected)
     total = float(np.concatenate([t.costs[t.llm_index(table.llms[0])] for t in table]).sum())
     assert by_name[table.llms[0]]["total_seconds"] == pytest.approx(total)
+    n_items = sum(t.n_items for t in table)
+    assert by_name[table.llms[1]]["total_seconds_at_quiet_costs"] == pytest.approx(1.0 * n_items)
     assert set(provenance["prompts"][table.llms[1]]) == set(table.tasks)
     assert provenance["files"]["scores"]["sha256"] == repro.sha256_of(scores)
     assert provenance["package_versions"]["numpy"] == np.__version__
