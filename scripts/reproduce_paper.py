@@ -419,7 +419,7 @@ def collect_table3(
 ) -> Table3:
     first = results[settings.cascade_bins[0], tasks[0], 0]
     methods = [row["method"] for row in first["rows"]]
-    metric_names = ("f1", "precision", "recall", "cost_per_item", "relative_cost")
+    metric_names = ("f1", "accuracy", "precision", "recall", "cost_per_item", "relative_cost")
     values: dict[int, dict[str, dict[str, dict[str, list[float]]]]] = {}
     depth: dict[int, dict[str, dict[str, list[np.ndarray]]]] = {}
     for bins in settings.cascade_bins:
@@ -730,6 +730,11 @@ def build_claims(report_parts: dict[str, Any], settings: Settings) -> tuple[list
     b = table3.pairs(bins, "cascade (uncalibrated)", "f1", binary)
     comparisons.append(compare(f"F1, {cascade} vs cascade (uncalibrated), {bins} bins", "calibrated", "uncalibrated",
                                a, b, "(task, evaluation split)", settings))  # fmt: skip
+    wmv = WMV_CAL.format(cal=settings.cascade_calibrator)
+    comparisons.append(compare(f"accuracy, {cascade} vs {wmv}, {bins} bins", "cascade", "weighted majority",
+                               table3.pairs(bins, cascade, "accuracy", binary),
+                               table3.pairs(bins, wmv, "accuracy", binary), "(task, evaluation split)",
+                               settings))  # fmt: skip
     return claims, comparisons
 
 
@@ -1076,11 +1081,12 @@ def _table3_markdown(report: Report, bins: int, tasks: Sequence[str]) -> str:
         fractions = t3.mean_depth(bins, method, tasks)
         depth_text = "-" if fractions is None else " / ".join(f"{x:.2f}" for x in fractions)
         rows.append([method, fmt(float(f1.mean()), 3), fmt(float(f1.std(ddof=1)) if f1.size > 1 else None, 3),
+                     fmt(float(t3.pairs(bins, method, "accuracy", tasks).mean()), 3),
                      fmt(float(t3.pairs(bins, method, "precision", tasks).mean()), 3),
                      fmt(float(t3.pairs(bins, method, "recall", tasks).mean()), 3),
                      fmt(float(t3.pairs(bins, method, "cost_per_item", tasks).mean())),
                      f"{float(t3.pairs(bins, method, 'relative_cost', tasks).mean()):.2f}x", depth_text])  # fmt: skip
-    return markdown_table(["method", "F1", "F1 std", "precision", "recall", "seconds / item", "cost vs cheapest",
+    return markdown_table(["method", "F1", "F1 std", "accuracy", "precision", "recall", "seconds / item", "cost vs cheapest",
                            "stops at LLM 1/2/3"], rows)  # fmt: skip
 
 
@@ -1175,6 +1181,21 @@ def _generated_discussion(report: Report) -> str:
     if fractions is not None:
         lines.append(f"- The calibrated cascade ({bins} bins) stopped after 1/2/3 LLMs on "
                      + " / ".join(f"{x:.2f}" for x in fractions) + " of the binary test items.")  # fmt: skip
+    from ls_backend.ensemble.classification import precision_recall_f1
+
+    always_yes = [
+        float(precision_recall_f1(t.labels[t.labeled], np.full(int(t.labeled.sum()), positive_index(t)), 2,
+                                  positive_index(t))["f1"])
+        for t in (report.table[name] for name in report.binary)
+    ]  # fmt: skip
+    accuracy_check = next((c for c in report.comparisons if c.name.startswith("accuracy, ")), None)
+    text = (f"- F1 of yes is not symmetric: always answering yes scores a mean F1 of "
+            f"{float(np.mean(always_yes)):.3f} on these binary tasks, answering no scores 0; ")  # fmt: skip
+    if accuracy_check is not None:
+        text += (f"by accuracy, which treats both answers alike, {accuracy_check.name} is "
+                 f"{float(np.mean(accuracy_check.a)):.3f} vs {float(np.mean(accuracy_check.b)):.3f} "
+                 f"(p {pval(accuracy_check.test.p_value)}, {accuracy_check.test.n_pairs} pairs).")  # fmt: skip
+    lines.append(text)
     for comparison in report.comparisons:
         if "SV argmax" in comparison.name:
             lines.append(f"- Beyond the paper: {comparison.name}: mean {float(np.mean(comparison.b)):.3f} -> "

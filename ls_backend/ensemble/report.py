@@ -22,7 +22,7 @@ from ls_backend.ensemble.policy import CascadePolicy, train_policy
 from ls_backend.ensemble.strategies import majority_vote, weighted_majority_vote
 from ls_backend.ensemble.tuning import random_splits, tune_bin_edges
 
-METRICS = ("precision", "recall", "f1", "cost_per_item", "relative_cost")
+METRICS = ("accuracy", "precision", "recall", "f1", "cost_per_item", "relative_cost")
 
 
 def _answer_scores(logits: np.ndarray, answers: np.ndarray, calibrators: Sequence[Any] | None) -> np.ndarray:
@@ -100,6 +100,7 @@ def cascade_table(
             scores = precision_recall_f1(labels[test], predictions, n_classes, positive_class)  # noqa: B023
             for name in ("precision", "recall", "f1"):
                 sums[method][name] += float(scores[name])
+            sums[method]["accuracy"] += float(np.mean(predictions == labels[test]))  # noqa: B023
             sums[method]["cost_per_item"] += cost
             sums[method]["relative_cost"] += cost / reference_cost if reference_cost > 0 else float("nan")  # noqa: B023
 
