@@ -479,9 +479,15 @@ def compare(
 
 
 def verdict(comparison: Comparison, want_lower: bool) -> str:
-    """ "holds" when ``a`` moves the claimed way with p < ALPHA, else what the test says."""
+    """ "holds" when ``a`` moves the claimed way with p < ALPHA, and so do the coarser pairs' means (per-task means:
+    repeats of one task are not independent evidence) where there are any; else what the tests say."""
     right_way = comparison.test.mean_difference < 0 if want_lower else comparison.test.mean_difference > 0
     significant = comparison.test.p_value < ALPHA
+    coarse = comparison.coarse
+    if right_way and significant and coarse is not None:
+        coarse_right_way = coarse.mean_difference < 0 if want_lower else coarse.mean_difference > 0
+        if not (coarse_right_way and coarse.p_value < ALPHA):
+            return "same direction; significant over repeats, not over per-task means"
     if right_way and significant:
         return "holds"
     if right_way:
@@ -926,7 +932,8 @@ def render(report: Report) -> str:
                      f"[{comparison.ci[0]:+.4f}, {comparison.ci[1]:+.4f}]", coarse, result])  # fmt: skip
     add(markdown_table(header, rows, right=[False, False, False, False, True, True, False, False, False]))
     add("")
-    add(f"A claim **holds** when the paired difference goes the claimed way with p < {ALPHA}. Pairs of claim 1: "
+    add(f"A claim **holds** when the paired difference goes the claimed way with p < {ALPHA}, and so does the test "
+        "on the coarser pairs where there is one (repeats of one task are not independent evidence). Pairs of claim 1: "
         "(LLM, task), each the task's mean ACE over repeats against its uncalibrated ACE. Claim 2: (LLM, task, "
         "shots, calibrator, repeat); `p (coarser pairs)` repeats the test on (LLM, task) means, which does not "
         "treat repeats of one task as independent. Claim 3: (task, evaluation split), binary tasks; the cost "

@@ -126,6 +126,15 @@ def test_verdicts(repro: ModuleType) -> None:
     assert repro.verdict(lower, want_lower=False) == "does not hold (significantly the other way)"
     noisy = comparison(repro, list(base[:6] - 0.001 * np.array([1, -1, 1, -1, 1, 1])), list(base[:6]))
     assert repro.verdict(noisy, want_lower=True) == "same direction, not significant"
+    # significant over many repeats, but the per-task means (the coarser pairs) are not: not "holds"
+    coarse_noisy = repro.compare("x", "a", "b", base * 0.5, base, "pair", repro.Settings(bootstrap_resamples=50),
+                                 coarse=(noisy.a, noisy.b, "task"))  # fmt: skip
+    assert repro.verdict(coarse_noisy, want_lower=True) == (
+        "same direction; significant over repeats, not over per-task means"
+    )
+    coarse_agrees = repro.compare("x", "a", "b", base * 0.5, base, "pair", repro.Settings(bootstrap_resamples=50),
+                                  coarse=(lower.a, lower.b, "task"))  # fmt: skip
+    assert repro.verdict(coarse_agrees, want_lower=True) == "holds"
     assert lower.relative == pytest.approx(-0.5)
     assert lower.ci[0] < lower.test.mean_difference < lower.ci[1]
 
