@@ -1,0 +1,42 @@
+"""The README and docs say what the committed results say: the headline is copied verbatim from docs/results.md,
+and docs/results.md was generated from the committed scores and costs (its sha256s match the files)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "docs" / "results.md"
+
+
+def section(text: str, heading: str) -> str:
+    """The lines under ``heading`` up to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    match = re.search(rf"^{re.escape(heading)}\n(.*?)(?=^#{{1,{len(level)}}} |\Z)", text, flags=re.M | re.S)
+    assert match, f"no section {heading!r}"
+    return match.group(1)
+
+
+def claim_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("- **Claim ")]
+
+
+def test_readme_states_the_headline_exactly_as_the_results_have_it() -> None:
+    results = RESULTS.read_text(encoding="utf-8")
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    expected = claim_lines(section(results, "## Headline"))
+    assert len(expected) == 5
+    assert claim_lines(section(readme, "## Results on the public benchmark")) == expected
+    assert "(docs/results.md)" in readme
+
+
+def test_results_were_generated_from_the_committed_scores_and_costs() -> None:
+    results = RESULTS.read_text(encoding="utf-8")
+    for name in ("scores.jsonl.gz", "costs.json"):
+        digest = hashlib.sha256((REPO_ROOT / "docs" / "benchmark" / name).read_bytes()).hexdigest()
+        assert re.search(rf"`docs/benchmark/{re.escape(name)}`,? \(?sha256 `{digest}`", results), name
+    assert "**Quick mode**" not in results
+    for figure in re.findall(r"\]\((figures/[^)]+)\)", results):
+        assert (RESULTS.parent / figure).exists(), figure
