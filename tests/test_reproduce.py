@@ -102,6 +102,7 @@ def test_report_is_byte_identical_across_runs_and_worker_counts(inputs: dict[str
     assert text.count("answering yes to ") == len(table.llms)
     assert "## Beyond the paper: answering with the calibrated argmax" in text
     assert text.count("- Beyond the paper: ") == 2  # accuracy and F1, each with its paired test
+    assert "within half of weighted majority vote's cost reaches a mean test F1 of 0." in text
 
 
 def test_missing_scores_file_is_a_clear_error(tmp_path: Path) -> None:
