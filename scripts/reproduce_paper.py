@@ -25,7 +25,6 @@ fixed decimals, stable orders. Settings and counts are written into it. See docs
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -51,6 +50,7 @@ from ls_backend.experiments import (  # noqa: E402
     Scenario,
     run_calibration_experiment,
 )
+from ls_backend.files import file_sha256  # noqa: E402
 from ls_backend.scores import ScoresTable, TaskScores, read_scores  # noqa: E402
 from ls_backend.stats import (  # noqa: E402
     PairedComparison,
@@ -150,14 +150,6 @@ def task_embeddings(table: ScoresTable, path: Path | None) -> Mapping[str, np.nd
     from ls_backend.embeddings import embed_texts
 
     return embed_texts
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------- calibration
@@ -1419,12 +1411,12 @@ def reproduce(
         else "(docs/benchmark/discussion.md is missing.)"
     )
     report = Report(
-        settings=settings, scores_path=_display_path(scores), scores_sha256=sha256_of(scores), command=command,
+        settings=settings, scores_path=_display_path(scores), scores_sha256=file_sha256(scores), command=command,
         table=table, llms=llms, binary=binary, multiclass=multiclass, calib=calib, calib_multi=calib_multi,
         table3=table3, claims=claims, comparisons=comparisons, best_at_max=best_at_max, pooled_aces=pooled,
         noise_floor=floor, answers=answers, figures={}, provenance=provenance, discussion=discussion, notes=notes,
         costs_path=_display_path(costs_file) if costs_file else None,
-        costs_sha256=sha256_of(costs_file) if costs_file else None,
+        costs_sha256=file_sha256(costs_file) if costs_file else None,
     )  # fmt: skip
     report.figures = make_figures(report, figures_dir, out, curves)
     text = render(report)

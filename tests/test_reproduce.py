@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ls_backend.files import file_sha256
 from ls_backend.scores import read_scores
 from ls_backend.synthetic import synthetic_embeddings
 
@@ -208,5 +209,5 @@ def test_provenance_only_records_models_prompts_and_costs(tmp_path: Path, repro:
     n_items = sum(t.n_items for t in table)
     assert by_name[table.llms[1]]["total_seconds_at_quiet_costs"] == pytest.approx(1.0 * n_items)
     assert set(provenance["prompts"][table.llms[1]]) == set(table.tasks)
-    assert provenance["files"]["scores"]["sha256"] == repro.sha256_of(scores)
+    assert provenance["files"]["scores"]["sha256"] == file_sha256(scores)
     assert provenance["package_versions"]["numpy"] == np.__version__

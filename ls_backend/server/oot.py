@@ -46,6 +46,7 @@ import numpy as np
 
 from ls_backend.calibration import Calibrator, make_calibrator
 from ls_backend.ensemble import CascadePolicy, quantile_edges, train_policy
+from ls_backend.files import file_sha256
 from ls_backend.loop.model import ServingModel, threshold_policy
 from ls_backend.server.config import CascadeSettings
 
@@ -63,14 +64,6 @@ def fingerprint(data: Any, length: int = 8) -> str:
     """The first ``length`` hex digits of the sha256 of ``data`` as canonical JSON."""
     payload = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------
