@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 def _check_scores_hits(scores: Any, hits: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +158,6 @@ def roc_auc(margins: Any, positives: Any) -> float:
     How well a score ranks items regardless of where the answer threshold sits: an LLM that answers "no" to every
     item has accuracy 0.5 on a balanced task yet may rank them well. NaN if either class is absent.
     """
-    from scipy.stats import rankdata
-
     m = np.asarray(margins, dtype=np.float64)
     y = np.asarray(positives)
     if m.ndim != 1 or y.shape != m.shape:

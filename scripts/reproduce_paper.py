@@ -611,6 +611,7 @@ class Report:
     figures: dict[str, str]
     provenance: dict[str, Any] | None
     discussion: str
+    diagnostics: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # binary_diagnostics
     costs_path: str | None = None
     costs_sha256: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -636,6 +637,21 @@ def margin_auc(task: TaskScores, li: int) -> float:
 def positive_rate(task: TaskScores, li: int) -> float:
     """Share of a binary task's items the LLM answered with the positive class."""
     return float(np.mean(task.answers[li] == positive_index(task)))
+
+
+def binary_diagnostics(
+    table: ScoresTable, binary: Sequence[str], llms: Sequence[str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per LLM, per binary task (in ``binary`` order): accuracy, logit-margin AUC and share of yes answers."""
+    tasks = [table[name] for name in binary]
+    return {
+        llm: {
+            "accuracy": np.array([accuracy(t, t.llm_index(llm)) for t in tasks]),
+            "auc": np.array([margin_auc(t, t.llm_index(llm)) for t in tasks]),
+            "yes_rate": np.array([positive_rate(t, t.llm_index(llm)) for t in tasks]),
+        }
+        for llm in llms
+    }
 
 
 def build_claims(report_parts: dict[str, Any], settings: Settings) -> tuple[list[Any], list[Comparison]]:
@@ -788,22 +804,22 @@ def render(report: Report) -> str:
     }
     rows = []
     for m in llms:
-        acc_b = [accuracy(report.table[t], report.table[t].llm_index(m)) for t in report.binary]
         acc_m = [accuracy(report.table[t], report.table[t].llm_index(m)) for t in report.multiclass]
-        auc_b = [margin_auc(report.table[t], report.table[t].llm_index(m)) for t in report.binary]
-        yes_b = [positive_rate(report.table[t], report.table[t].llm_index(m)) for t in report.binary]
+        d = report.diagnostics[m]
         rows.append([f"`{m}`", fmt(mean_cost[m]), f"{mean_cost[m] / mean_cost[cheapest]:.2f}x",
-                     fmt(float(np.mean(acc_b)), 3) if acc_b else "-", fmt(float(np.mean(auc_b)), 3) if auc_b else "-",
-                     fmt(float(np.mean(yes_b)), 3) if yes_b else "-",
+                     fmt(float(d["accuracy"].mean()), 3), fmt(float(np.nanmean(d["auc"])), 3),
+                     fmt(float(d["yes_rate"].mean()), 3),
                      fmt(float(np.mean(acc_m)), 3) if acc_m else "-"])  # fmt: skip
     add(markdown_table(["LLM", "seconds / item", "relative cost", "accuracy (binary, mean)",
                         "AUC (binary, mean)", "answers 'yes' (binary, mean)", "accuracy (multi-class, mean)"],
                        rows))  # fmt: skip
     add("")
+    binary_tasks = [report.table[t] for t in report.binary]
+    labeled_yes = float(np.mean([np.mean(t.labels[t.labeled] == positive_index(t)) for t in binary_tasks]))
     add("Accuracy scores the LLM's answer; AUC scores how its logit margin (yes minus no) ranks the items whatever "
         "the threshold (0.5 = no better than chance, below 0.5 = inverted); `answers 'yes'` is the share of items "
-        "the LLM answered yes (the binary tasks are balanced, so 0.5 would be unbiased). Per task: accuracy / AUC "
-        "(binary) or accuracy (multi-class).")  # fmt: skip
+        f"the LLM answered yes (an unbiased LLM would come near the share of labeled items that are yes: "
+        f"{labeled_yes:.3f} on average). Per task: accuracy / AUC (binary) or accuracy (multi-class).")  # fmt: skip
     add("")
     rows = []
     for t in report.table:
@@ -1137,13 +1153,8 @@ def _generated_discussion(report: Report) -> str:
                          f"the paper's {paper}.")  # fmt: skip
     # Evidence: how good and how miscalibrated each LLM is, what the cost structure allows.
     for llm in report.llms:
-        acc = float(
-            np.mean([accuracy(report.table[t], report.table[t].llm_index(llm)) for t in report.binary])
-        )
-        aucs = np.array([margin_auc(report.table[t], report.table[t].llm_index(llm)) for t in report.binary])
-        yes_rate = float(
-            np.mean([positive_rate(report.table[t], report.table[t].llm_index(llm)) for t in report.binary])
-        )
+        d = report.diagnostics[llm]
+        acc, aucs, yes_rate = float(d["accuracy"].mean()), d["auc"], float(d["yes_rate"].mean())
         uncal = experiment.summary(llm, UNCALIBRATED)
         pooled = report.pooled_aces.get(llm)
         text = (f"- `{llm}`: mean accuracy {acc:.3f} on the binary tasks, answering yes to {yes_rate:.3f} of the "
@@ -1415,6 +1426,7 @@ def reproduce(
         table=table, llms=llms, binary=binary, multiclass=multiclass, calib=calib, calib_multi=calib_multi,
         table3=table3, claims=claims, comparisons=comparisons, best_at_max=best_at_max, pooled_aces=pooled,
         noise_floor=floor, answers=answers, figures={}, provenance=provenance, discussion=discussion, notes=notes,
+        diagnostics=binary_diagnostics(table, binary, llms),
         costs_path=_display_path(costs_file) if costs_file else None,
         costs_sha256=file_sha256(costs_file) if costs_file else None,
     )  # fmt: skip
