@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 LS_STAMP := .venv-ls/.installed-1.23.2
 
-.PHONY: install install-ls test lint typecheck unit demo bench clean
+.PHONY: install install-ls system test lint typecheck unit demo bench clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ $(LS_STAMP): $(STAMP)
 
 install-ls: $(LS_STAMP)
 
+# Debian packages the tests run for real: redis-server (RQ jobs) and chromium + chromium-driver (the browser
+# test); apt-get as root, skipped when they are there.
+system:
+	scripts/system_packages.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check ls_backend tests scripts
 	$(BIN)/ruff format --check ls_backend tests scripts
@@ -33,7 +38,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) $(LS_STAMP)
+unit: $(STAMP) $(LS_STAMP) system
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

@@ -6,6 +6,17 @@
 - :class:`MatrixScaling` ("MS", beyond the paper): ``softmax(x @ W.T + b)`` with off-diagonal regularization
   (Kull et al. 2019, "Beyond temperature scaling"), for many labeled items.
 
+Label-free bias corrections, fitted on unlabeled logits (``fit(logits)``; labels are not needed and ignored),
+a stage before the calibrators above (:class:`CorrectedCalibrator` chains them):
+
+- :class:`BatchCalibration` ("BC", Zhou et al., ICLR 2024): the prompt's bias is estimated from a batch of the
+  project's own unlabeled items and subtracted from their log-probabilities, so that the mean corrected
+  probability of every class over those items is the target prior (uniform by default).
+- :class:`ContextualCalibration` ("CC", Zhao et al., ICML 2021): the bias is the mean class probability of
+  content-free inputs ("N/A", "", "[MASK]") under the same prompt; needs no project item.
+
+Both output ``log_softmax(x) - bias_``; softmax then renormalizes.
+
 Each is fitted by maximum likelihood with L-BFGS-B and analytic gradients, plus a Gaussian prior centred on the
 identity map (see :data:`DEFAULT_REG` and ``docs/calibration.md``)::
 
@@ -18,6 +29,7 @@ theta), strictly so for ``reg > 0``, so the fit is the unique global optimum.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from abc import ABC, abstractmethod
@@ -30,6 +42,9 @@ from scipy.optimize import minimize
 from ls_backend.confidence import softmax
 
 FORMAT_VERSION = 1
+
+CONTENT_FREE_TEXTS: tuple[str, ...] = ("N/A", "", "[MASK]")
+"""The content-free inputs of contextual calibration (Zhao et al. 2021), scored under the project's prompt."""
 
 DEFAULT_REG = 1.0
 """Precision of the Gaussian prior around the identity map (a = 1; A = 1, B = 0; W = I, b = 0).
@@ -445,13 +460,245 @@ class MatrixScaling(_LikelihoodCalibrator):
             )
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of logits (n, C), computed stably."""
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+class BiasCorrection(Calibrator, ABC):
+    """A label-free correction: ``log_softmax(x) - bias_``, with ``bias_`` (C,) estimated from unlabeled logits.
+
+    ``fit(logits, labels=None, sample_weight=None)`` follows scikit-learn's unsupervised estimators: ``labels``
+    is accepted and ignored. Fitted state: ``bias_`` (C,), ``n_items_`` (rows it was estimated from),
+    ``n_classes_``.
+    """
+
+    state_names = ("bias_", "n_items_", "n_classes_")
+
+    bias_: np.ndarray
+    n_items_: int
+
+    def fit(self, logits: Any, labels: Any | None = None, sample_weight: Any | None = None) -> Self:
+        """Estimate the bias from unlabeled logits (n, C); ``labels`` is ignored; optional weights (n,) >= 0."""
+        x = _check_logits(logits)
+        w = _check_weights(sample_weight, x.shape[0])
+        self.bias_ = self._estimate_bias(log_softmax(x), w)
+        self.n_items_ = int(np.count_nonzero(w))
+        self.n_classes_ = int(x.shape[1])
+        return self
+
+    @abstractmethod
+    def _estimate_bias(self, log_probs: np.ndarray, w: np.ndarray) -> np.ndarray: ...
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:  # pragma: no cover (fit overrides)
+        self.bias_ = self._estimate_bias(log_softmax(x), w)
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        return log_softmax(x) - self.bias_
+
+    def _check_state(self) -> None:
+        self.bias_ = np.asarray(self.bias_, dtype=np.float64)
+        if self.bias_.shape != (self.n_classes_,) or not np.isfinite(self.bias_).all():
+            raise ValueError(f"state bias_ must be {self.n_classes_} finite numbers")
+        self.n_items_ = int(self.n_items_)
+
+
+class ContextualCalibration(BiasCorrection):
+    """Contextual calibration ("CC", Zhao et al., ICML 2021, eq. 5 with W = diag(p_cf)^-1, b = 0).
+
+    ``fit`` takes the class logits of content-free inputs (:data:`CONTENT_FREE_TEXTS`) under the project's
+    prompt; ``bias_`` is the log of their mean class probability, so ``softmax(transform(x))`` is
+    ``p(x) / p_cf``, renormalized.
+    """
+
+    name = "CC"
+
+    def _estimate_bias(self, log_probs: np.ndarray, w: np.ndarray) -> np.ndarray:
+        mean_probs = (w[:, None] * np.exp(log_probs)).sum(axis=0) / w.sum()
+        bias = np.log(np.maximum(mean_probs, np.finfo(np.float64).tiny))
+        return bias - bias.mean()
+
+
+class BatchCalibration(BiasCorrection):
+    """Batch calibration ("BC", Zhou et al., ICLR 2024), in log space, matched to a class prior.
+
+    The bias is the ``b`` at which the mean corrected probability of each class over the fitting items equals
+    ``prior[c]`` (uniform when ``prior`` is None): the minimum of the convex
+    ``mean_i w_i logsumexp(log p_i - b) + prior . b``, whose gradient is ``prior - mean_i softmax(log p_i - b)``.
+    It starts from Zhou et al.'s estimate, the per-class mean of the log-softmax, and is solved by L-BFGS.
+    ``bias_`` is centred (mean 0); a common shift does not change the softmax.
+    """
+
+    name = "BC"
+    param_names: ClassVar[tuple[str, ...]] = ("prior", "max_iter")
+
+    def __init__(self, prior: Any | None = None, max_iter: int = 200) -> None:
+        self.prior = None if prior is None else [float(p) for p in np.asarray(prior, dtype=np.float64)]
+        self.max_iter = max_iter
+
+    def _target(self, n_classes: int) -> np.ndarray:
+        if self.prior is None:
+            return np.full(n_classes, 1.0 / n_classes)
+        prior = np.asarray(self.prior, dtype=np.float64)
+        if prior.shape != (n_classes,) or not np.isfinite(prior).all() or (prior <= 0).any():
+            raise ValueError(f"prior must be {n_classes} positive numbers, got {self.prior!r}")
+        return prior / prior.sum()
+
+    def _estimate_bias(self, log_probs: np.ndarray, w: np.ndarray) -> np.ndarray:
+        target = self._target(log_probs.shape[1])
+        keep = w > 0
+        log_probs, w = log_probs[keep], w[keep] / w[keep].sum()
+
+        def objective(b: np.ndarray) -> tuple[float, np.ndarray]:
+            z = log_probs - b
+            z_max = z.max(axis=1, keepdims=True)
+            e = np.exp(z - z_max)
+            norm = e.sum(axis=1, keepdims=True)
+            value = float(w @ (np.log(norm) + z_max)[:, 0] + target @ b)
+            grad = target - (w[:, None] * e / norm).sum(axis=0)
+            return value, grad
+
+        start = w @ log_probs - np.log(target)
+        result = minimize(
+            objective,
+            start,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": int(self.max_iter), "ftol": 1e-15, "gtol": 1e-12},
+        )
+        bias = np.asarray(result.x, dtype=np.float64)
+        return bias - bias.mean()
+
+
+class CorrectedCalibrator(Calibrator):
+    """A label-free correction followed by a calibrator: ``calibrator(correction(x))`` ("corrected").
+
+    Args:
+        correction: a :class:`BiasCorrection` (or its name, "BC" or "CC", or its ``to_dict``).
+        calibrator: the calibrator applied to the corrected logits (a name such as "ST" or "SV", an instance, or
+            its ``to_dict``).
+
+    A correction that is already fitted (on a project's unlabeled items, or on content-free inputs) is kept as it
+    is: ``fit`` then fits only the calibrator, on the corrected logits of the labeled items, as scikit-learn's
+    "prefit" estimators do. An unfitted correction is fitted first, on the same logits (it needs no labels).
+    """
+
+    name = "corrected"
+    param_names: ClassVar[tuple[str, ...]] = ("correction", "calibrator")
+
+    def __init__(
+        self,
+        correction: BiasCorrection | str | Mapping[str, Any] = "BC",
+        calibrator: Calibrator | str | Mapping[str, Any] = "ST",
+    ) -> None:
+        first = _as_calibrator(correction)
+        if not isinstance(first, BiasCorrection):
+            raise TypeError(f"correction must be a label-free correction (BC, CC), got {first!r}")
+        self.correction: BiasCorrection = first
+        self.calibrator = _as_calibrator(calibrator)
+        if isinstance(self.calibrator, BiasCorrection | CorrectedCalibrator):
+            raise TypeError(
+                f"the calibrator after a correction must be ST, SV, MS or none, got {self.calibrator!r}"
+            )
+        if self.correction.is_fitted():
+            self.n_classes_ = self.correction.n_classes_
+
+    @property
+    def state_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("n_classes_",)
+
+    def is_fitted(self) -> bool:
+        return self.correction.is_fitted() and (
+            self.calibrator.is_fitted() or not self.calibrator.requires_fit
+        )
+
+    def fit(self, logits: Any, labels: Any, sample_weight: Any | None = None) -> Self:
+        """Fit the calibrator on the corrected logits of labeled items (and the correction first, if unfitted)."""
+        if not self.correction.is_fitted():
+            self.correction.fit(logits, sample_weight=sample_weight)
+        self.calibrator.fit(self.correction.transform(logits), labels, sample_weight)
+        self.n_classes_ = self.correction.n_classes_
+        return self
+
+    def transform(self, logits: Any) -> np.ndarray:
+        if not self.is_fitted():
+            raise NotFittedError("this CorrectedCalibrator is not fitted yet: call fit(logits, labels) first")
+        return self.calibrator.transform(self.correction.transform(logits))
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:  # pragma: no cover (fit overrides)
+        self.fit(x, y, w)
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover (transform overrides)
+        return self.transform(x)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"correction": self.correction.name, "calibrator": self.calibrator.name}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calibrator": self.name,
+            "format_version": FORMAT_VERSION,
+            "params": self.get_params(),
+            "state": {},
+            "correction": self.correction.to_dict(),
+            "then": self.calibrator.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibrator:
+        if not isinstance(d, Mapping) or d.get("calibrator") != cls.name:
+            raise ValueError("expected the to_dict() of a 'corrected' calibrator")
+        missing = [k for k in ("correction", "then") if k not in d]
+        if missing:
+            raise ValueError(f"corrected calibrator dict lacks key(s) {missing}")
+        return cls(d["correction"], d["then"])
+
+    def __repr__(self) -> str:
+        return f"CorrectedCalibrator({self.correction!r}, {self.calibrator!r})"
+
+
+def _as_calibrator(value: Calibrator | str | Mapping[str, Any]) -> Calibrator:
+    if isinstance(value, Calibrator):
+        return value
+    if isinstance(value, str):
+        return make_calibrator(value)
+    return calibrator_from_dict(value)
+
+
+def corrected(correction: BiasCorrection | None, calibrator: Calibrator) -> Calibrator:
+    """``calibrator`` after ``correction`` (the calibrator alone when there is no correction)."""
+    return calibrator if correction is None else CorrectedCalibrator(correction, calibrator)
+
+
 CALIBRATORS: dict[str, type[Calibrator]] = {
-    cls.name: cls for cls in (Identity, TemperatureScaling, VectorScaling, MatrixScaling)
+    cls.name: cls
+    for cls in (
+        Identity,
+        TemperatureScaling,
+        VectorScaling,
+        MatrixScaling,
+        BatchCalibration,
+        ContextualCalibration,
+        CorrectedCalibrator,
+    )
 }
+CORRECTIONS: tuple[str, ...] = ("none", "CC", "BC")
+"""The label-free corrections by name ("none": no correction)."""
+
+
+def single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
+    """Limit BLAS to one thread while fitting many calibrators: each fit is a tiny L-BFGS problem, and OpenBLAS
+    threads only contend (measured 8-20x slower with 2 threads on a busy 2-core machine, docs/experiments.md)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def make_calibrator(name: str, **params: Any) -> Calibrator:
-    """A new calibrator by name: "none", "ST", "SV" or "MS", with constructor parameters."""
+    """A new calibrator by name: "none", "ST", "SV", "MS", "BC" or "CC", with constructor parameters."""
     try:
         cls = CALIBRATORS[name]
     except KeyError:

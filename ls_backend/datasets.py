@@ -272,10 +272,62 @@ def _task_records(task: BenchmarkTask, seed: int) -> tuple[list[Record], np.ndar
     return records, labels, np.array(examples)
 
 
-def task_examples(task: BenchmarkTask, seed: int = 0) -> tuple[tuple[str, str], ...]:
-    """One labeled example per class for few-shot prompts; never among the task's sampled items."""
+def task_examples(
+    task: BenchmarkTask, seed: int = 0, per_class: int = 1, n_items: int | None = None
+) -> tuple[tuple[str, str], ...]:
+    """Labeled examples for few-shot prompts, ``per_class`` of each class; never among the task's sampled items.
+
+    The first example of each class is the one :func:`sample_task` excludes from every sample, so adding more
+    examples never changes which items are sampled. Further examples come, like the first, from the shortest
+    quarter of their class, drawn with their own seed among the records that the ``n_items`` sample of the task
+    does not contain. The order is first example of every class, then second of every class, and so on, so a
+    prompt with ``k`` examples per class takes the first ``k * C`` of them.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
     records, labels, examples = _task_records(task, seed)
-    return tuple((truncate(records[i].text, EXAMPLE_MAX_CHARS), str(labels[i])) for i in examples)
+    chosen = [list(examples)]
+    if per_class > 1:
+        if n_items is None:
+            raise ValueError(
+                "task_examples: more than one example per class needs n_items (the sample to avoid)"
+            )
+        sampled = {item["id"] for item in sample_task(task, n_items, seed)}
+        taken = {records[i].text for i in examples}
+        rng = np.random.default_rng([seed, sum(map(ord, task.spec.name)), 2])
+        lengths = np.array([len(r.text) for r in records])
+        extra = []
+        for cls in task.spec.classes:
+            members = np.flatnonzero(labels == cls)
+            short = members[lengths[members] <= np.quantile(lengths[members], 0.25)]
+            free = [i for i in short if records[i].id not in sampled and records[i].text not in taken]
+            extra.append(rng.choice(free, per_class - 1, replace=False))
+        chosen += [list(column) for column in np.stack(extra, axis=1)]
+    return tuple(
+        (truncate(records[i].text, EXAMPLE_MAX_CHARS), str(labels[i])) for row in chosen for i in row
+    )
+
+
+NATURAL_SHARES: dict[str, float] = {
+    "sms_spam": 638 / 4837,
+    "question_location": 824 / 5382,
+    "question_number": 859 / 5382,
+    "news_sport": 511 / 2225,
+}
+"""The share of "yes" in the source of each balanced task whose source is imbalanced (the benchmark samples its
+tasks half "yes"): the class ratio of the natural-ratio variants in the results (``tests/test_datasets.py`` checks
+these counts against the packaged data sets)."""
+
+
+def source_share_of_yes(task: BenchmarkTask) -> float:
+    """The share of "yes" among a binary task's source records with a label of the task."""
+    labels = [task.class_of(r.label) for r in SOURCES[task.source]() if r.text.strip()]
+    known = [label for label in labels if label in ("yes", "no")]
+    return sum(label == "yes" for label in known) / len(known)
+
+
+EXAMPLES_PER_CLASS = 2
+"""Few-shot examples per class in the benchmark's tasks file (the prompt study tries 0, 1 and 2 per class)."""
 
 
 def sample_task(
@@ -332,6 +384,11 @@ def write_benchmark(items_path: str | Path, tasks_path: str | Path, n_items: int
         for item in benchmark_items(n_items, seed):
             f.write(json.dumps(item, ensure_ascii=False) + "\n")
             count += 1
-    tasks = {t.spec.name: replace(t.spec, examples=task_examples(t, seed)).to_dict() for t in BENCHMARK_TASKS}
+    tasks = {
+        t.spec.name: replace(
+            t.spec, examples=task_examples(t, seed, per_class=EXAMPLES_PER_CLASS, n_items=n_items)
+        ).to_dict()
+        for t in BENCHMARK_TASKS
+    }
     Path(tasks_path).write_text(yaml.safe_dump({"tasks": tasks}, sort_keys=False, allow_unicode=True))
     return count

@@ -25,7 +25,6 @@ those across tasks (:func:`ls_backend.metrics.summarize`). Per-task per-repeat v
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import warnings
@@ -416,7 +415,7 @@ def run_calibration_experiment(
 
     from tqdm.auto import tqdm
 
-    with _single_threaded_blas():
+    with calibration.single_threaded_blas():
         for task in tqdm(tasks, desc="calibration experiment", unit="task", disable=not progress):
             if labeled_counts[task.name] < config.min_heldout:
                 reason = f"{labeled_counts[task.name]} labeled item(s), fewer than min_heldout={config.min_heldout}"
@@ -426,16 +425,6 @@ def run_calibration_experiment(
             for llm in llms:
                 _run_task(table, task, llm, result, config, on_cell)
     return result
-
-
-def _single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
-    """Limit BLAS to one thread while fitting: each fit is a tiny L-BFGS problem, and OpenBLAS threads only
-    contend (measured 8-20x slower with 2 threads on a busy 2-core machine, see docs/experiments.md)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn / sentence-transformers
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _run_task(

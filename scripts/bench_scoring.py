@@ -1,9 +1,12 @@
-"""Scoring throughput: the adapter's fast path against transformers' text-generation pipeline, side by side.
+"""Scoring throughput: the adapter's fast path in each precision against transformers' text-generation pipeline,
+side by side, and how close each comes to the machine's peak.
 
-CPU mode (default): the real SmolLM2-135M-Instruct from its package (``--qwen`` adds Qwen2.5-Coder-0.5B), the
-same few-shot chat prompts over SMS texts, and these ways to get an answer for every item:
+CPU mode (default): the real packaged models (``--models``, default all three), each with its packaged prompt
+style and few-shot examples over SMS texts, and these ways to get an answer for every item:
 
-- ``fast``: ``HFLLM.score`` (method "forward"): batched, one forward pass per item, shared prefix computed once;
+- ``fast <precision>``: ``HFLLM.score`` (method "forward"): batched, one forward pass per item, shared prefix
+  computed once, with the model in each precision of ``--precisions`` (``float32``, ``bfloat16``, ``int8``;
+  ``hf.set_precision``); ``auto`` is whichever of them the model's ``dtype: auto`` resolves to here;
 - ``fast, no prefix cache``: the same without the shared-prefix KV cache;
 - ``one at a time``: one unbatched ``model(input_ids)`` per item, logits of the last position;
 - ``generate + scores``: what a pipeline does for one item, but returning scores: ``model.generate`` per item,
@@ -12,23 +15,45 @@ same few-shot chat prompts over SMS texts, and these ways to get an answer for e
 - ``pipeline``: ``pipeline("text-generation")`` on the rendered prompt strings, ``max_new_tokens=1``, greedy,
   ``batch_size=1`` (its default): text out, no scores, i.e. a lower bound on what a pipeline-based scorer costs.
 
-Every method reads the same prompts; items/s and prompt tokens/s are measured in one run and reported with the
-fast path's ratio to each.
+The baselines run in fp32 (``--no-baselines`` leaves them out). Every method reads the same prompts; they are
+interleaved for ``--rounds`` rounds and each method's best round counts. Reported: seconds per item, items/s,
+prompt tokens/s, the fp32 fast path's speed-up over each, and for every row the executed FLOP/s (int8: OP/s) as
+a fraction of the CPU's peak for that precision and of a GEMM measured here in that precision:
+
+- executed FLOPs = per computed token 2 x (the decoder's linear weights) + 4 x layers x heads x head_dim x
+  (its context length) for attention, plus 2 x hidden x vocabulary for the one answer position per item; a
+  shared prefix that the fast path keeps cached from an earlier call is not computed, and padding is not
+  counted;
+- CPU peak = cores (torch threads) x frequency x FMA instructions per cycle per core x lanes x 2, where the
+  vector width comes from the CPU's flags (512 bits with ``avx512f``, else 256 with ``avx2``), lanes = width / 32
+  for fp32, width / 16 for bf16 with ``avx512_bf16`` (VDPBF16PS: two bf16 products per fp32 lane; fp32 lanes
+  without it), width / 8 for int8 with ``avx512_vnni`` (VPDPBUSD; width / 16 without it), the frequency is
+  ``cpu MHz`` of /proc/cpuinfo (``--ghz`` overrides it; under a hypervisor that is the nominal clock, and a boost
+  clock above it makes the fractions too high), and FMA instructions per cycle are 2, except 1 on AMD family 25
+  with AVX-512 (Zen 4 runs a 512-bit instruction as two 256-bit halves on its two FMA pipes; ``--fma-per-cycle``
+  overrides it);
+- GEMM roof = the best FLOP/s of a 2048 x 2048 x 2048 product in that precision (fp32 and bf16 ``torch.matmul``,
+  int8 a dynamically quantized ``Linear``), measured at the start of the run with the same threads.
 
 CUDA mode (``--cuda``, for a GPU machine; not run on the CPU-only machines): a Llama-2-7B-shaped model (hidden
 4096, 32 layers, 32 heads, intermediate 11008) with random bf16 weights and the SmolLM2 tokenizer's vocabulary
 (49,152 instead of 32,000, so the same prompts tokenize), batch sizes 1..256: items/s of the fast path against
 the ``generate + scores`` and ``pipeline`` baselines, and the fraction of a measured bf16 matmul peak.
 
-    .venv/bin/python scripts/bench_scoring.py --items 48 --batch-size 16
+    .venv/bin/python scripts/bench_scoring.py --items 48 --batch-size 16 [--models ...] [--precisions ...]
+        [--shots 2 8] [--json FILE]
     .venv/bin/python scripts/bench_scoring.py --cuda --items 512
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,8 +62,8 @@ import torch
 from ls_backend.confidence import class_logits
 from ls_backend.datasets import load_sms_spam
 from ls_backend.llms import PromptTemplate
-from ls_backend.llms.hf import HFLLM
-from ls_backend.llms.packaged import PACKAGED_MODELS, packaged_llm
+from ls_backend.llms.hf import HFLLM, cpu_flags, set_precision
+from ls_backend.llms.packaged import PACKAGED_MODELS, load_packaged, packaged_precision
 
 QUESTION = "Is this SMS message spam?"
 EXAMPLES = (
@@ -121,82 +146,284 @@ def rendered_prompts(llm: HFLLM, prompt: PromptTemplate, texts: list[str]) -> li
     return [prompt.render_plain(t) for t in texts]
 
 
+def prompt_tokens(llm: HFLLM, prompt: PromptTemplate, texts: list[str]) -> list[int]:
+    return [len(llm.encode(prompt, t)) for t in texts]
+
+
+def linear_weights(model: Any) -> int:
+    """Multiply-adds per token of the decoder's linear layers (fp32 or dynamically quantized), without the head."""
+    head = model.get_output_embeddings()
+    total = 0
+    for module in model.modules():
+        if module is head:
+            continue
+        in_features, out_features = (
+            getattr(module, "in_features", None),
+            getattr(module, "out_features", None),
+        )
+        if isinstance(in_features, int) and isinstance(out_features, int) and hasattr(module, "weight"):
+            total += in_features * out_features
+    return total
+
+
+def forward_flops(model: Any, lengths: Sequence[int], cached_prefix: int) -> float:
+    """Executed FLOPs of scoring prompts of ``lengths`` tokens whose first ``cached_prefix`` tokens come from a
+    kept KV cache (module docstring)."""
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    attention = 4 * config.num_hidden_layers * heads * head_dim
+    per_token = 2 * linear_weights(model)
+    head = 2 * config.hidden_size * config.vocab_size
+    total = 0.0
+    for n in lengths:
+        computed = n - cached_prefix
+        contexts = (
+            n * (n + 1) - cached_prefix * (cached_prefix + 1)
+        ) / 2  # sum of t + 1 over computed tokens
+        total += per_token * computed + attention * contexts + head
+    return total
+
+
+def cpu_peak(precision: str, cores: int, ghz: float, fma_per_cycle: int) -> float:
+    """Peak FLOP/s (int8: OP/s) of ``cores`` cores in ``precision`` from the CPU's flags (module docstring)."""
+    flags = cpu_flags()
+    width = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
+    lanes = {
+        "float32": width / 32,
+        "bfloat16": width / 16 if flags & {"avx512_bf16", "amx_bf16"} else width / 32,
+        "int8": width / 8 if flags & {"avx512_vnni", "avx_vnni"} else width / 16,
+    }[precision]
+    return cores * ghz * 1e9 * fma_per_cycle * lanes * 2
+
+
+def cpu_ghz() -> float:
+    """Mean ``cpu MHz`` of /proc/cpuinfo, in GHz (0 where it is not there)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+    except OSError:
+        return 0.0
+    return float(np.mean(mhz)) / 1000 if mhz else 0.0
+
+
+def default_fma_per_cycle() -> int:
+    """2 FMA instructions per cycle per core, 1 on AMD family 25 with AVX-512 (Zen 4: 512-bit ops in halves)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            info = f.read()
+    except OSError:
+        return 2
+    amd = "AuthenticAMD" in info
+    family = next(
+        (line.split(":")[1].strip() for line in info.splitlines() if line.startswith("cpu family")), ""
+    )
+    return 1 if amd and family == "25" and "avx512f" in cpu_flags() else 2
+
+
+def gemm_roof(precision: str, n: int = 2048, repeats: int = 3) -> float:
+    """Best measured FLOP/s (int8: OP/s) of an n x n x n product in ``precision`` on the CPU."""
+    torch.manual_seed(0)
+    a = torch.randn(n, n)
+    if precision == "int8":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layer = int8_linear(n)
+        run: Callable[[], Any] = lambda: layer(a)  # noqa: E731
+    else:
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        x, y = a.to(dtype), torch.randn(n, n).to(dtype)
+        run = lambda: x @ y  # noqa: E731
+    best = 0.0
+    with torch.inference_mode():
+        run()
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(repeats):
+                run()
+            best = max(best, 2 * n**3 * repeats / (time.perf_counter() - started))
+    return best
+
+
+def int8_linear(n: int) -> Any:
+    """A dynamically quantized n x n linear layer (int8 weights per channel)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    layer = torch.nn.Sequential(torch.nn.Linear(n, n, bias=False)).eval()
+    return quantize_dynamic(layer, {"0": per_channel_dynamic_qconfig}, inplace=False)
+
+
 def compare(
-    llm: HFLLM, texts: list[str], prompt: PromptTemplate, rounds: int = 3, baselines: bool = True
+    llms: dict[str, HFLLM],
+    texts: list[str],
+    prompt: PromptTemplate,
+    rounds: int = 3,
+    baselines: bool = True,
 ) -> list[dict[str, Any]]:
     """Every method on the same prompts, interleaved for ``rounds`` rounds; each method's best round counts
-    (the machine is shared, so the least disturbed round is the fairest measure). One row per method."""
-    encoded = [llm.encode(prompt, t) for t in texts]
-    tokens = sum(len(e) for e in encoded)
-    ids = llm.class_token_ids(prompt.classes)
-    strings = rendered_prompts(llm, prompt, texts)
+    (the machine is shared, so the least disturbed round is the fairest measure). ``llms`` maps a precision to
+    the model loaded in it (float32 first: the baselines use it). One row per method."""
+    fp32 = llms["float32"]
+    encoded = [fp32.encode(prompt, t) for t in texts]
+    lengths = [len(e) for e in encoded]
+    ids = fp32.class_token_ids(prompt.classes)
+    strings = rendered_prompts(fp32, prompt, texts)
 
-    def fast(prefix_cache: bool, items: list[str]) -> np.ndarray:
-        llm.prefix_cache = prefix_cache
-        return llm.score(items, prompt).logits
+    usable: dict[int, bool] = {}  # per model: whether its prefix cache passed its one-time check
+    shared: dict[tuple[int, bool], int] = {}  # shared-prefix tokens of the last call, per model and setting
 
-    methods: dict[str, Callable[[int], Any]] = {
-        "fast (HFLLM.score)": lambda n: fast(True, texts[:n]),
-        "fast, no prefix cache": lambda n: fast(False, texts[:n]),
-    }
+    def fast(llm: HFLLM, prefix_cache: bool, items: list[str]) -> np.ndarray:
+        llm.prefix_cache = prefix_cache and usable.get(id(llm), True)
+        batch = llm.score(items, prompt)
+        if prefix_cache:
+            usable.setdefault(id(llm), llm.prefix_cache)
+        shared[id(llm), prefix_cache] = int(batch.meta["shared_prefix_tokens"])
+        return batch.logits
+
+    methods: dict[str, tuple[str, HFLLM, Callable[[int], Any]]] = {}
+    for precision, llm in llms.items():
+        methods[f"fast {precision}"] = (precision, llm, lambda n, llm=llm: fast(llm, True, texts[:n]))
     if baselines:
-        methods["one forward per item"] = lambda n: one_at_a_time(llm, encoded[:n], ids)
-        methods["generate(1 token)+scores per item"] = lambda n: generate_with_scores(llm, encoded[:n], ids)
-        methods['pipeline("text-generation"), 1 token'] = lambda n: run_pipeline(llm, strings[:n])
-    for run in methods.values():  # warm up (and let the prefix cache pass its one-time check)
+        methods["fast float32, no prefix cache"] = ("float32", fp32, lambda n: fast(fp32, False, texts[:n]))
+        methods["one forward per item"] = ("float32", fp32, lambda n: one_at_a_time(fp32, encoded[:n], ids))
+        methods["generate(1 token)+scores per item"] = (
+            "float32",
+            fp32,
+            lambda n: generate_with_scores(fp32, encoded[:n], ids),
+        )
+        methods['pipeline("text-generation"), 1 token'] = (
+            "float32",
+            fp32,
+            lambda n: run_pipeline(fp32, strings[:n]),
+        )
+    for _, _, run in methods.values():  # warm up (and let the prefix cache pass its one-time check)
         run(2)
     best = dict.fromkeys(methods, np.inf)
     outputs: dict[str, Any] = {}
     for _ in range(rounds):
-        for method, run in methods.items():
+        for method, (_, _, run) in methods.items():
             seconds, outputs[method] = timed(lambda run=run: run(len(texts)))  # type: ignore[misc]
             best[method] = min(best[method], seconds)
-    llm.prefix_cache = True
-    return [
-        {
-            "method": method,
-            "seconds": best[method],
-            "items/s": len(texts) / best[method],
-            "tokens/s": tokens / best[method],
-            "logits": outputs[method] if isinstance(outputs[method], np.ndarray) else None,
-        }
-        for method in methods
-    ]
+    rows = []
+    for method, (precision, llm, _) in methods.items():
+        # the fast path keeps the shared prefix's KV cache from call to call: the timed calls never compute it
+        cached = shared[id(llm), True] if method == f"fast {precision}" else 0
+        rows.append(
+            {
+                "method": method,
+                "precision": precision,
+                "seconds": best[method],
+                "seconds/item": best[method] / len(texts),
+                "items/s": len(texts) / best[method],
+                "tokens/s": sum(lengths) / best[method],
+                "flop/s": forward_flops(llm.model, lengths, cached) / best[method],
+                "cached_prefix_tokens": cached,
+                "logits": outputs[method] if isinstance(outputs[method], np.ndarray) else None,
+            }
+        )
+    for llm in llms.values():
+        llm.prefix_cache = usable.get(id(llm), True)
+    return rows
 
 
-def print_rows(title: str, rows: list[dict[str, Any]]) -> None:
+def print_rows(
+    title: str, rows: list[dict[str, Any]], peaks: dict[str, float], roofs: dict[str, float]
+) -> None:
     fast = rows[0]
     print(f"\n{title}")
-    print(
-        f"{'method':42s} {'seconds':>8s} {'items/s':>8s} {'tokens/s':>9s} {'fast is x':>9s} {'max |dlogit|':>12s}"
-    )
+    print(f"{'method':40s} {'s/item':>7s} {'items/s':>7s} {'tok/s':>6s} {'x fp32':>6s} {'GFLOP/s':>8s} "
+          f"{'% peak':>6s} {'% GEMM':>6s} {'max |dlogit|':>12s}")  # fmt: skip
     for row in rows:
         diff = "" if row["logits"] is None else f"{np.abs(row['logits'] - fast['logits']).max():.2e}"
-        ratio = fast["items/s"] / row["items/s"]
-        print(f"{row['method']:42s} {row['seconds']:8.2f} {row['items/s']:8.2f} {row['tokens/s']:9.0f} "
-              f"{ratio:9.2f} {diff:>12s}")  # fmt: skip
+        ratio = row["seconds"] / fast["seconds"]
+        peak, roof = peaks[row["precision"]], roofs[row["precision"]]
+        print(f"{row['method']:40s} {row['seconds/item']:7.3f} {row['items/s']:7.2f} {row['tokens/s']:6.0f} "
+              f"{ratio:6.2f} {row['flop/s'] / 1e9:8.1f} {row['flop/s'] / peak:6.1%} {row['flop/s'] / roof:6.1%} "
+              f"{diff:>12s}")  # fmt: skip
 
 
 def cpu_mode(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     texts = sms_texts(args.items)
-    models = ["smollm2-135m-instruct"] + (["qwen2.5-coder-0.5b-instruct"] if args.qwen else [])
+    precisions = ["float32", *[p for p in args.precisions if p != "float32"]]
+    ghz = args.ghz or cpu_ghz()
+    fma = args.fma_per_cycle or default_fma_per_cycle()
+    peaks = {p: cpu_peak(p, args.threads, ghz, fma) for p in precisions}
+    roofs = {p: gemm_roof(p) for p in precisions}
+    load = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(texts)} SMS items, "
-          f"batch size {args.batch_size}, few-shot chat prompts ({args.shots} examples), best of "
-          f"{args.rounds} interleaved rounds")  # fmt: skip
-    for name in models:
-        llm = packaged_llm(name, batch_size=args.batch_size)
+          f"batch size {args.batch_size}, few-shot prompts ({args.shots} examples), best of "
+          f"{args.rounds} interleaved rounds; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
+    print(
+        f"CPU peak = {args.threads} cores x {ghz:.3f} GHz x {fma} FMA/cycle x lanes x 2 "
+        f"(flags: {' '.join(sorted(cpu_flags() & {'avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_bf16'}))})"
+    )
+    for p in precisions:
+        unit = "GOP/s" if p == "int8" else "GFLOP/s"
+        print(f"  {p}: peak {peaks[p] / 1e9:.0f} {unit}, GEMM roof {roofs[p] / 1e9:.0f} {unit} "
+              f"({roofs[p] / peaks[p]:.0%} of peak)")  # fmt: skip
+    report: dict[str, Any] = {
+        "command": "python scripts/bench_scoring.py " + " ".join(sys.argv[1:]),
+        "threads": args.threads,
+        "ghz": ghz,
+        "fma_per_cycle": fma,
+        "peaks": peaks,
+        "gemm_roofs": roofs,
+        "loadavg_before": list(load),
+        "models": {},
+    }
+    for name in args.models:
+        base, tokenizer = load_packaged(name, dtype="float32")
+        llms = {}
+        for precision in precisions:
+            model = (
+                base
+                if precision == "float32"
+                else set_precision(load_packaged(name, dtype="float32")[0], precision)
+            )
+            llms[precision] = HFLLM(model, tokenizer, name, batch_size=args.batch_size)
+        auto = packaged_precision(name)
+        report["models"][name] = {"auto": auto, "shots": {}}
         for shots in args.shots:
             prompt = PromptTemplate(
                 QUESTION, ("yes", "no"), examples=few_shot_examples(shots), **PACKAGED_MODELS[name].prompt
             )
-            rows = compare(llm, texts, prompt, rounds=args.rounds)
-            mean_tokens = np.mean([len(llm.encode(prompt, t)) for t in texts])
-            shared = llm.score(texts, prompt).meta["shared_prefix_tokens"]
+            rows = compare(llms, texts, prompt, rounds=args.rounds, baselines=not args.no_baselines)
+            mean_tokens = np.mean(prompt_tokens(llms["float32"], prompt, texts))
+            shared = llms["float32"].score(texts, prompt).meta["shared_prefix_tokens"]
             print_rows(
-                f"{name} (fp32), {shots} examples: mean prompt {mean_tokens:.0f} tokens, shared prefix {shared}",
+                f"{name}, {shots} examples: mean prompt {mean_tokens:.0f} tokens, shared prefix {shared}; "
+                f"auto = {auto}",
                 rows,
+                peaks,
+                roofs,
             )
+            by_method = {r["method"]: r for r in rows}
+            if f"fast {auto}" in by_method:
+                ratio = by_method[f"fast {auto}"]["seconds"] / by_method["fast float32"]["seconds"]
+                print(f"auto ({auto}) / fp32 fast path, seconds per item: {ratio:.2f}")
+            report["models"][name]["shots"][str(shots)] = {
+                "mean_prompt_tokens": float(mean_tokens),
+                "shared_prefix_tokens": int(shared),
+                "rows": [
+                    {
+                        **{k: v for k, v in r.items() if k != "logits"},
+                        "fraction_of_peak": r["flop/s"] / peaks[r["precision"]],
+                        "fraction_of_gemm": r["flop/s"] / roofs[r["precision"]],
+                        "max_abs_logit_diff_to_fp32_fast": None
+                        if r["logits"] is None
+                        else float(np.abs(r["logits"] - rows[0]["logits"]).max()),
+                    }
+                    for r in rows
+                ],
+            }
+        del llms, base
+    report["loadavg_after"] = list(os.getloadavg())
+    print(f"load average after {report['loadavg_after'][0]:.2f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, sort_keys=True)
+            f.write("\n")
 
 
 def matmul_peak(device: str, n: int = 8192, repeats: int = 20) -> float:
@@ -288,7 +515,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--shots", type=int, nargs="+", default=[2, 8], help="few-shot example counts (CPU)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each method's best counts")
-    parser.add_argument("--qwen", action="store_true", help="also Qwen2.5-Coder-0.5B-Instruct (CPU mode)")
+    parser.add_argument("--models", nargs="+", default=list(PACKAGED_MODELS), help="packaged models (CPU)")
+    parser.add_argument(
+        "--precisions", nargs="+", default=["float32", "bfloat16", "int8"], help="precisions (CPU)"
+    )
+    parser.add_argument("--no-baselines", action="store_true", help="only the fast path (CPU)")
+    parser.add_argument("--ghz", type=float, help="CPU frequency for the peak (default: /proc/cpuinfo)")
+    parser.add_argument("--fma-per-cycle", type=int, help="FMA instructions per cycle per core (see above)")
+    parser.add_argument("--json", help="also write the results to this JSON file (CPU)")
     parser.add_argument("--cuda", action="store_true", help="the 7B-shaped GPU benchmark")
     parser.add_argument("--baseline-items", type=int, default=64, help="items for the baselines (CUDA mode)")
     args = parser.parse_args()

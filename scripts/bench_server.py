@@ -171,9 +171,9 @@ def prepare(folder: Path, texts: list[str], oot_scores: Path | None) -> Path:
 
     from ls_backend.llms.cache import ScoreCache
     from ls_backend.scores import write_scores
-    from ls_backend.server.config import BackendConfig
+    from ls_backend.server.config import DEFAULT_LLMS, BackendConfig
     from ls_backend.server.labeling import parse_label_config
-    from ls_backend.server.predictor import DEFAULT_LLMS, CascadePredictor, ProjectSetup
+    from ls_backend.server.predictor import CascadePredictor, ProjectSetup
     from ls_backend.synthetic import make_synthetic_scores
 
     names = tuple(e["name"] for e in DEFAULT_LLMS)

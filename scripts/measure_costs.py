@@ -14,8 +14,11 @@ that background load falls on all of them alike. Each timed call is preceded by 
 items of the task, so that an LLM's shared-prompt-prefix cache is warm, as it is for all but the first batch of
 a 500-item task in the scoring run. Nothing is cached: every timed item is a real forward pass.
 
-Writes ``--out`` (JSON): per LLM and task, the median over rounds of the mean seconds per item; per LLM, the mean
-over tasks; the load average before and after, the machine and the settings. ``scripts/reproduce_paper.py``
+The student (``ls_backend.student``: logistic regression on all-MiniLM-L6-v2 embeddings) is measured the same
+way, interleaved with the LLMs: its cost is embedding the text (the linear model costs a matrix product).
+
+Writes ``--out`` (JSON): per LLM (and under ``student``) and task, the median over rounds of the mean seconds per
+item; per LLM, the mean over tasks; the load average before and after, the machine and the settings. ``scripts/reproduce_paper.py``
 uses these as the cost of each (LLM, task) in place of the contended ``cost`` column of the scores table.
 """
 
@@ -97,17 +100,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         llms.append(config.build())
         print(f"loaded {config.name} in {time.perf_counter() - started:.1f} s", flush=True)
 
-    # seconds[l, t, r]: mean seconds per timed item of LLM l on task t in round r
-    seconds = np.zeros((len(llms), len(names), args.rounds))
+    from ls_backend.embeddings import embed_texts
+
+    embed_texts(["load the embedding model"])
+    # seconds[l, t, r]: mean seconds per timed item of member l (the LLMs, then the student) on task t in round r
+    members = len(llms) + 1
+    seconds = np.zeros((members, len(names), args.rounds))
     load_before = os.getloadavg()
     started = time.perf_counter()
-    steps = args.rounds * len(names) * len(llms)
+    steps = args.rounds * len(names) * members
     with tqdm(total=steps, desc="measuring", disable=args.no_progress, unit="call") as bar:
         for r in range(args.rounds):
-            order = [(r + k) % len(llms) for k in range(len(llms))]
+            order = [(r + k) % members for k in range(members)]
             for t, name in enumerate(names):
                 timed, warmup = samples[name]
                 for li in order:
+                    if li == len(llms):  # the student
+                        embed_texts(warmup, batch_size=args.batch_size)
+                        t0 = time.perf_counter()
+                        embed_texts(timed, batch_size=args.batch_size)
+                        seconds[li, t, r] = (time.perf_counter() - t0) / len(timed)
+                        bar.update(1)
+                        continue
                     config, llm = configs[li], llms[li]
                     prompt = config.prompt_for(tasks[name])
                     score_items(llm, prompt, warmup, batch_size=args.batch_size)
@@ -138,6 +152,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             }
             for li, config in enumerate(configs)
         },
+        "student": {
+            "mean_seconds_per_item": float(per_task[-1].mean()),
+            "tasks": {name: float(per_task[-1, t]) for t, name in enumerate(names)},
+            "rounds": {name: [float(x) for x in seconds[-1, t]] for t, name in enumerate(names)},
+            "what": "embedding the text with all-MiniLM-L6-v2 (ls_backend.embeddings.embed_texts)",
+        },
         "wall_seconds": wall,
         "loadavg_before": list(load_before),
         "loadavg_after": list(load_after),
@@ -166,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'llm':<30} {'s/item':>8} {'ratio':>6}")
     for name, v in sorted(llms.items(), key=lambda kv: kv[1]["mean_seconds_per_item"]):
         print(f"{name:<30} {v['mean_seconds_per_item']:>8.4f} {v['mean_seconds_per_item'] / cheapest:>6.2f}")
+    print(f"{'student (embedding)':<30} {result['student']['mean_seconds_per_item']:>8.4f} "
+          f"{result['student']['mean_seconds_per_item'] / cheapest:>6.2f}")  # fmt: skip
     print(f"load average before {result['loadavg_before'][0]:.2f}, after {result['loadavg_after'][0]:.2f}; "
           f"{result['wall_seconds']:.0f} s; wrote {out}")  # fmt: skip
     return 0

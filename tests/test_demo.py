@@ -37,6 +37,7 @@ def test_demo_prints_predictions_url_and_login(label_studio: Any, tmp_path: Path
         assert match, row
         assert 0.0 <= float(match.group(3)) <= 1.0
     assert "8 of 8 tasks predicted" in out
+    assert "job 1 prelabel: 100%" in out and "8/8" in out  # pre-annotated by the backend's job, with its bar
     project_url = re.search(r"Label Studio: +(http://127\.0\.0\.1:\d+/projects/(\d+)/data)", out)
     assert project_url and project_url.group(1).startswith(label_studio.url)
     assert f"login:         {label_studio.username} / {label_studio.password}" in out

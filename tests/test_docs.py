@@ -40,3 +40,46 @@ def test_results_were_generated_from_the_committed_scores_and_costs() -> None:
     assert "**Quick mode**" not in results
     for figure in re.findall(r"\]\((figures/[^)]+)\)", results):
         assert (RESULTS.parent / figure).exists(), figure
+
+
+def test_the_served_defaults_are_the_ones_the_benchmark_chose() -> None:
+    """docs/results.md's answer study picks a recipe before labels and a calibrator with 50 labels, and the
+    measured number of items batch calibration needs: the packaged defaults are those."""
+    from ls_backend.loop.trainer import LoopConfig
+    from ls_backend.server.config import CascadeSettings
+
+    results = RESULTS.read_text(encoding="utf-8")
+    chosen = re.search(
+        r"Chosen by the score: \*\*(\w+)/(\w+)/(\w+)\*\* before labels; .*? is \*\*(\w+)\*\*\.", results
+    )
+    assert chosen, "no choice in docs/results.md"
+    correction, calibrator, answer, in_task = chosen.groups()
+    defaults, loop = CascadeSettings(), LoopConfig()
+    assert (defaults.correction, defaults.calibrator, defaults.answer) == (correction, calibrator, answer)
+    assert loop.calibrator == in_task and loop.answer in (None, answer)
+    needed = re.search(r"from \*\*(\d+)\*\* items on", results)
+    if correction == "BC":
+        assert needed and defaults.bc_min_items == int(needed.group(1))
+
+
+def test_readme_states_the_answer_headline_exactly_as_the_results_have_it() -> None:
+    results = RESULTS.read_text(encoding="utf-8")
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    expected = [
+        line for line in section(results, "## Headline").splitlines() if line.startswith("- **Answers ")
+    ]
+    assert len(expected) == 2
+    assert [line for line in readme.splitlines() if line.startswith("- **Answers ")] == expected
+
+
+def test_the_packaged_prompts_are_the_ones_the_prompt_study_chose() -> None:
+    import json
+
+    from ls_backend.llms.packaged import PACKAGED_MODELS
+
+    study = json.loads((REPO_ROOT / "docs" / "benchmark" / "prompt_study.json").read_text(encoding="utf-8"))
+    assert set(study["llms"]) == set(PACKAGED_MODELS)
+    for name, result in study["llms"].items():
+        chosen = next(v for v in result["variants"] if v["name"] == result["chosen"])
+        assert PACKAGED_MODELS[name].prompt == chosen["prompt"], name
+        assert PACKAGED_MODELS[name].few_shot == chosen["few_shot"], name

@@ -18,8 +18,9 @@ table, and retrain settings that let ~35 labels make a promotion:
 - ``holdout_fraction: 0.25``, ``min_holdout_labels: 3``: a handful of held-out labels is enough to compare;
 - ``accuracy_tolerance: 1.0``, ``ace_tolerance: 1.0``: the promotion gate always passes (a random-weight LLM's
   held-out ACE on ~9 labels is noise; the gate itself is tested in tests/test_loop_*.py);
-- ``min_tuning_labels: 20``, ``n_trials: 100000``, ``tuning_timeout_s: 6``: the retrain tunes bin edges for 6 s,
-  which is the window the 200 concurrent webhooks are sent in;
+- ``min_tuning_labels: 20``, ``n_trials: 100000``, ``tuning_timeout_s: 6``: the retrain tunes bin edges for 6 s
+  (in its separate process, paused while requests are answered), which is the window the 200 concurrent webhooks
+  are sent in;
 - ``retrain_every: 0``: only START_TRAINING retrains, so the test knows which retrain it waits for.
 """
 
@@ -263,6 +264,22 @@ def test_the_learning_loop_with_a_real_label_studio(
         metrics = urllib.request.urlopen(f"{backend.url}/metrics", timeout=5).read().decode()
         assert f'lwc_serving_version_info{{project="{project.id}",version="{promoted.name}"' in metrics
         assert f'lwc_labels{{project="{project.id}",source="calibration"}} 6' in metrics
+
+        # the promotion refreshes every task's prediction with the new version (a refresh job, from the cache)
+        refresh = wait_for(
+            lambda: next(
+                (j for j in http("GET", f"{backend.url}/jobs?project={project.id}")["jobs"]
+                 if j["kind"] == "refresh" and j["status"] == "done"), None,
+            ),
+            120,
+            "the refresh job after the promotion",
+            interval=0.5,
+        )  # fmt: skip
+        assert refresh["target_version"] == promoted.name and refresh["done"] == N_TASKS
+        refreshed = [
+            p for p in client.predictions.list(project=project.id) if p.model_version == promoted.name
+        ]
+        assert sorted(p.task for p in refreshed) == sorted(task_ids)
 
         # new tasks get predictions of the new version
         new = client.projects.import_tasks(

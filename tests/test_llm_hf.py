@@ -21,6 +21,7 @@ from ls_backend.confidence import class_token_ids
 from ls_backend.llms import CostModel, PromptError, PromptTemplate
 from ls_backend.llms.config import LLMConfigError, build_llms, parse_llm_configs
 from ls_backend.llms.hf import HFLLM
+from ls_backend.llms.packaged import PACKAGED_MODELS
 from tests.tiny_models import corpus_words, tiny_llama, tiny_word_tokenizer
 
 torch.set_num_threads(1)
@@ -323,4 +324,5 @@ def test_config_rejects_unknown_options_and_duplicates() -> None:
     with pytest.raises(LLMConfigError, match=r"unknown field\(s\) \['batchsize'\].*batch_size"):
         entry.build()
     (packaged,) = parse_llm_configs([{"name": "b", "kind": "packaged", "model": "gemma3-270m"}])
-    assert packaged.prompt == {"chat": False}  # the packaged model's recommended prompt style
+    # the packaged model's recommended prompt style (a plain prompt: Gemma is a base model)
+    assert packaged.prompt == PACKAGED_MODELS["gemma3-270m"].prompt and packaged.prompt["chat"] is False

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ls_backend.llms import DEFAULT_TEMPLATE, CostModel, PromptError, PromptTemplate, ScoredBatch
+from ls_backend.llms.packaged import PACKAGED_MODELS
 from ls_backend.llms.prompts import TRUNCATION_MARK
 from ls_backend.tasks import TaskSpec
 
@@ -155,7 +156,9 @@ def test_few_shot_takes_the_tasks_examples_per_class() -> None:
     zero = LLMConfig.from_dict({"name": "b", "kind": "hf", "model": "x"})
     assert zero.prompt_for(task).examples == ()
     gemma = LLMConfig.from_dict({"name": "g", "kind": "packaged", "model": "gemma3-270m"})
-    assert gemma.few_shot == 1
+    # the packaged model's recommended number of examples per class (Gemma is a base model)
+    assert gemma.few_shot == PACKAGED_MODELS["gemma3-270m"].few_shot == 2
+    assert gemma.prompt_for(task).examples == (("win cash", "yes"), ("win a car", "yes"), ("hi mum", "no"))
     assert gemma.prompt_for(task, examples=[("given", "no")]).examples == (("given", "no"),)
     with pytest.raises(LLMConfigError, match="few_shot"):
         LLMConfig.from_dict({"name": "c", "kind": "hf", "model": "x", "few_shot": -1})

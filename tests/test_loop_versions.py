@@ -169,6 +169,23 @@ def test_too_few_labels_skip_or_cannot_compare(stores, project) -> None:
     assert result.status == "rejected" and "cannot compare" in result.reason
 
 
+def test_with_few_labels_the_guard_cross_validates_and_every_label_trains(stores, project) -> None:
+    store, versions = stores
+    label_all(store, project, range(50))  # 50 labels: about 10 held out, fewer than min_holdout_labels (20)
+    result = retrain(1, store, versions, project.score_fn, FAST)
+    assert result.status == "promoted", result.reason
+    assert "cross-validated" in result.reason
+    version = versions.serving()
+    assert version.evaluation["guard"] == "5-fold cross-validation over 50 labels"
+    assert version.evaluation["candidate"]["n_items"] == 50  # every label predicted out of fold
+    assert version.labels["n_train"] == 50 and version.labels["n_holdout"] == 0
+    off = LoopConfig(**{**FAST.to_dict(), "cv_folds": 0})
+    label_all(store, project, range(50, 55))
+    assert "cannot compare" in retrain(1, store, versions, project.score_fn, off).reason
+    with pytest.raises(ValueError, match="cv_folds"):
+        LoopConfig(cv_folds=1)
+
+
 def test_a_failing_score_function_fails_the_retrain_and_frees_the_lock(stores, project) -> None:
     store, versions = stores
     label_all(store, project, range(100))

@@ -25,6 +25,7 @@ RESCORE = REPO_ROOT / "scripts" / "rescore_benchmark.py"
 HEADINGS = (
     "## Headline",
     "## Benchmark",
+    "## Answer quality: what the product serves, before and with in-task labels",
     "## Settings",
     "## Table 1: uncalibrated vs out-of-task calibration (binary tasks)",
     "## Table 2: best in-task method per shot count (binary tasks)",
@@ -104,6 +105,8 @@ def test_report_is_byte_identical_across_runs_and_worker_counts(inputs: dict[str
     assert "## Beyond the paper: answering with the calibrated argmax" in text
     assert text.count("- Beyond the paper: ") == 2  # accuracy and F1, each with its paired test
     assert "within half of weighted majority vote's cost reaches a mean test F1 of 0." in text
+    assert "### The served cascade against the paper's method, each LLM and the supervised anchor" in text
+    assert text.count("- **Answers ") == 2  # before any label and with 50 labels
 
 
 def test_missing_scores_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LLMS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
-VERSION = re.compile(r"(oot-sim|oot-all|default-rule)-[0-9a-f]{8}")
+VERSION = re.compile(r"(oot-sim|oot-all|default-rule)-[0-9a-f]{8}(\+(cc|bc\d+)(\.(cc|bc\d+))*)?")
 
 
 def sms_texts(n: int) -> list[str]:

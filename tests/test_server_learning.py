@@ -19,7 +19,14 @@ from ls_backend.cli import main
 from ls_backend.loop import LabelStore, VersionStore
 from ls_backend.server import CascadePredictor, create_app
 from ls_backend.server.config import BackendConfig, ConfigError
-from ls_backend.server.learning import CALIBRATION_VIEW, REVIEW_VIEW, review_view_filters, task_id_filters
+from ls_backend.server.learning import (
+    ALL_TASKS_VIEW,
+    CALIBRATION_VIEW,
+    REVIEW_VIEW,
+    review_view_filters,
+    task_id_filters,
+    view_settings,
+)
 from ls_backend.server.projects import LabelStudioAccess, ProjectDescriptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +34,9 @@ BINARY = (REPO_ROOT / "label_config" / "binary_yes_no.xml").read_text()
 PROJECT = 7
 KEY = f"{PROJECT}.1795875050"
 TEXTS = [
-    f"message number {i} win a free prize now" if i % 3 == 0 else f"see you at lunch {i}" for i in range(30)
-]
-TRUTH = ["yes" if i % 3 == 0 else "no" for i in range(30)]
+    f"message number {i} win a free prize now" if i % 3 == 0 else f"see you at lunch {i}" for i in range(31)
+]  # indexed by task id; Label Studio's ids start at 1
+TRUTH = ["yes" if i % 3 == 0 else "no" for i in range(31)]
 FAST_LOOP = {
     "retrain_every": 0,
     "min_train_labels": 5,
@@ -171,13 +178,13 @@ def test_predictions_are_routed_and_label_studio_gets_views_and_sampling(
     app = make_app(config, predictor, fake)
     client = app.test_client()
     oot = client.post("/setup", json=setup_body()).get_json()["model_version"]
-    results = predict(client, list(range(20)))
+    results = predict(client, list(range(1, 21)))
     scores = [r["score"] for r in results]
     assert {r["model_version"] for r in results} == {oot}
     learning = app.extensions["lwc"].learning
     assert learning.wait_idle()
     store = learning.store
-    low = [i for i, s in enumerate(scores) if s < 0.5]
+    low = [i + 1 for i, s in enumerate(scores) if s < 0.5]
     assert store.requested_tasks(PROJECT, "review") == low
     status = client.get(f"/status?project={PROJECT}").get_json()
     assert status["bands"] == {"review": len(low), "trusted": 20 - len(low), "auto_accept": 0}
@@ -187,8 +194,12 @@ def test_predictions_are_routed_and_label_studio_gets_views_and_sampling(
     assert initial.config["oot_version"] == oot
     served = learning.predictor.oot_model(learning.get(PROJECT).setup)
     assert initial.model.to_dict() == served.model.to_dict()
-    (view,) = fake.views.items
-    assert view["data"] == {"title": REVIEW_VIEW, "filters": review_view_filters(0.5)}
+    # an unfiltered tab first (Label Studio makes its own "Default" only for a project without views), then the
+    # review view; both with hiddenColumns, so Label Studio computes their prediction and annotation columns
+    every, view = fake.views.items
+    assert every["data"] == view_settings(ALL_TASKS_VIEW, None) and "filters" not in every["data"]
+    assert view["data"] == view_settings(REVIEW_VIEW, review_view_filters(0.5))
+    assert "tasks:predictions_score" not in view["data"]["hiddenColumns"]["explore"]
     assert fake.projects.settings[PROJECT] == {"sampling": "Uncertainty sampling", "model_version": oot}
     metrics = client.get("/metrics").get_data(as_text=True)
     assert f'lwc_tasks_in_band{{project="{PROJECT}",band="review"}} {len(low)}' in metrics
@@ -197,12 +208,12 @@ def test_predictions_are_routed_and_label_studio_gets_views_and_sampling(
     # a per-project threshold (extra_params) moves the band counts and updates the view (idempotently)
     client.post("/setup", json=setup_body({"loop": {"review_threshold": 0.9}}))
     assert learning.wait_idle()
-    (view,) = fake.views.items
+    _, view = fake.views.items
     assert view["data"]["filters"] == review_view_filters(0.9)
     higher = client.get(f"/status?project={PROJECT}").get_json()["bands"]
     assert higher["review"] == sum(s < 0.9 for s in scores)
     # the tasks now under the threshold are marked for review too (the view shows them to annotators)
-    assert store.requested_tasks(PROJECT, "review") == [i for i, s in enumerate(scores) if s < 0.9]
+    assert store.requested_tasks(PROJECT, "review") == [i + 1 for i, s in enumerate(scores) if s < 0.9]
 
 
 def test_webhooks_catch_up_retrain_serve_and_roll_back(
@@ -212,16 +223,16 @@ def test_webhooks_catch_up_retrain_serve_and_roll_back(
     app = make_app(config, predictor, fake)
     client = app.test_client()
     oot = client.post("/setup", json=setup_body()).get_json()["model_version"]
-    predict(client, list(range(24)))
+    predict(client, list(range(1, 25)))
     learning = app.extensions["lwc"].learning
     store: LabelStore = learning.store
-    for i in range(20):
+    for i in range(1, 21):
         reply = client.post(
             "/webhook", json=webhook("ANNOTATION_CREATED", annotation=annotation(100 + i, i, TRUTH[i]))
         )
         assert reply.get_json() == {"status": "ok", "action": "ANNOTATION_CREATED", "outcome": "applied"}
     again = client.post(
-        "/webhook", json=webhook("ANNOTATION_CREATED", annotation=annotation(100, 0, TRUTH[0]))
+        "/webhook", json=webhook("ANNOTATION_CREATED", annotation=annotation(101, 1, TRUTH[1]))
     )
     assert again.get_json()["outcome"] == "duplicate"
     skipped = annotation(200, 21, "yes") | {"was_cancelled": True}
@@ -232,7 +243,7 @@ def test_webhooks_catch_up_retrain_serve_and_roll_back(
     # Label Studio holds 3 more annotations the backend never got as webhooks; START_TRAINING catches up first
     fake.tasks.items = [
         {"id": i, "data": {"text": TEXTS[i]}, "annotations": [annotation(100 + i, i, TRUTH[i])]}
-        for i in range(23)
+        for i in range(1, 24)
     ]
     reply = client.post("/webhook", json=webhook("START_TRAINING"))
     assert reply.get_json()["outcome"] == "retrain"
@@ -240,7 +251,7 @@ def test_webhooks_catch_up_retrain_serve_and_roll_back(
     promoted = wait_until(lambda: versions.serving() if versions.serving().status == "promoted" else None)
     assert promoted.trigger == "START_TRAINING" and promoted.labels["n_labels"] == 23
     assert client.post("/setup", json=setup_body()).get_json()["model_version"] == promoted.name
-    assert {r["model_version"] for r in predict(client, [24, 25])} == {promoted.name}
+    assert {r["model_version"] for r in predict(client, [25, 26])} == {promoted.name}
     assert client.get("/versions", json={"project": KEY}).get_json()["versions"] == sorted(
         {oot, promoted.name}
     )
@@ -248,7 +259,7 @@ def test_webhooks_catch_up_retrain_serve_and_roll_back(
     admin = ["--model-dir", config["model_dir"], "--project", str(PROJECT)]
     assert main(["rollback", *admin]) == 0
     assert client.post("/setup", json=setup_body()).get_json()["model_version"] == oot
-    assert {r["model_version"] for r in predict(client, [26])} == {oot}
+    assert {r["model_version"] for r in predict(client, [27])} == {oot}
     assert main(["rollback", *admin, promoted.name]) == 0
     assert client.post("/setup", json=setup_body()).get_json()["model_version"] == promoted.name
     capsys.readouterr()
@@ -263,7 +274,7 @@ def test_webhooks_catch_up_retrain_serve_and_roll_back(
     # promoted version, and catches up from Label Studio at start (here after Label Studio was down at first)
     fake.tasks.down = True
     fake.tasks.items.append(
-        {"id": 27, "data": {"text": TEXTS[27]}, "annotations": [annotation(300, 27, "no")]}
+        {"id": 28, "data": {"text": TEXTS[28]}, "annotations": [annotation(300, 28, "no")]}
     )
     restarted = make_app(config, predictor, fake)
     assert restarted.extensions["lwc"].learning.get(PROJECT) is not None
@@ -282,13 +293,13 @@ def test_calibration_sample_marks_tasks_and_the_view(
     app = make_app(config, predictor, fake)
     client = app.test_client()
     client.post("/setup", json=setup_body())
-    predict(client, list(range(12)))
-    client.post("/webhook", json=webhook("ANNOTATION_CREATED", annotation=annotation(1, 0, "yes")))
+    predict(client, list(range(1, 13)))
+    client.post("/webhook", json=webhook("ANNOTATION_CREATED", annotation=annotation(1, 1, "yes")))
     drawn = client.post("/calibration-sample", json={"project": PROJECT, "k": 4, "method": "IE", "seed": 1})
     assert drawn.status_code == 200, drawn.get_data(as_text=True)
     body = drawn.get_json()
     sample = sorted(d["task"] for d in body["drawn"])
-    assert body["pool"] == 11 and len(sample) == 4 and 0 not in sample  # task 0 is labeled already
+    assert body["pool"] == 11 and len(sample) == 4 and 1 not in sample  # task 1 is labeled already
     store: LabelStore = app.extensions["lwc"].learning.store
     assert store.requested_tasks(PROJECT, "calibration") == sample
     (view,) = [v for v in fake.views.items if v["data"]["title"] == CALIBRATION_VIEW]
@@ -352,21 +363,21 @@ def test_auto_accept_annotates_confident_tasks_that_never_train(
     app = make_app(config, predictor, fake)
     client = app.test_client()
     client.post("/setup", json=setup_body())
-    scores = [r["score"] for r in predict(client, list(range(12)))]
+    scores = [r["score"] for r in predict(client, list(range(1, 13)))]
     threshold = sorted(scores)[6]  # the upper half is auto-accepted
     client.post(
         "/setup", json=setup_body({"loop": {"review_threshold": 0.0, "auto_accept_threshold": threshold}})
     )
-    results = predict(client, list(range(12)))
+    results = predict(client, list(range(1, 13)))
     learning = app.extensions["lwc"].learning
     assert learning.wait_idle()
-    confident = {i for i, r in enumerate(results) if r["score"] >= threshold}
+    confident = {i + 1 for i, r in enumerate(results) if r["score"] >= threshold}
     assert {a["task"] for a in fake.annotations.made} == confident and confident
     for made in fake.annotations.made:  # Label Studio sends the webhook of the backend's own annotation
         client.post("/webhook", json=webhook("ANNOTATION_CREATED", annotation=made))
     store: LabelStore = learning.store
     assert store.counts(PROJECT)["labels_by_source"]["auto"] == len(confident)
-    predict(client, list(range(12)))  # predicted again: no second annotation
+    predict(client, list(range(1, 13)))  # predicted again: no second annotation
     assert learning.wait_idle() and len(fake.annotations.made) == len(confident)
     # a human who corrects an auto-accepted annotation makes it a human label again
     edited = fake.annotations.made[0] | {"updated_at": "2026-11-28T12:00:00Z"}

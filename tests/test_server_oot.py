@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ls_backend.calibration import make_calibrator
+from ls_backend.calibration import CONTENT_FREE_TEXTS, make_calibrator
 from ls_backend.confidence import softmax
 from ls_backend.ensemble import GO_DEEPER
 from ls_backend.loop.model import ServingModel, threshold_policy
@@ -214,7 +214,11 @@ def test_served_scores_are_calibrated_probabilities_of_the_final_class(
         decision = model.policy.strategies[int(served.cascade.actions[served.depth[i] - 1, i])]
         final = served.predictions[i]
         asked = probs[: served.depth[i], i, final]
-        expected = probs[int(decision[3:]), i, final] if decision.startswith("llm") else asked.mean()
+        # a vote's score: the mean over its supporters (the LLMs asked that answered the final class)
+        supporters = served.cascade.answers[: served.depth[i], i] == final
+        expected = (
+            probs[int(decision[3:]), i, final] if decision.startswith("llm") else asked[supporters].mean()
+        )
         assert served.scores[i] == pytest.approx(expected)
 
 
@@ -292,7 +296,9 @@ def test_costly_llms_see_only_the_items_the_policy_sends_on(
     assert [p.model_version for p in predictions] == [predictor.model_version(setup)] * len(TEXTS)
     assert predictions[0].model_version.startswith("oot-all-")
     deeper = sum(len(p.llms_asked) == 2 for p in predictions)
-    assert builder.texts["tiny-a"] == len(TEXTS) and builder.texts.get("tiny-b", 0) == deeper
+    # the default correction (CC) has every LLM score the content-free inputs once, at the project's first predict
+    cf = len(CONTENT_FREE_TEXTS) if setup.config.cascade_settings.correction != "none" else 0
+    assert builder.texts["tiny-a"] == len(TEXTS) + cf and builder.texts.get("tiny-b", 0) == deeper + cf
     for p in predictions:
         assert p.choice in BINARY.choices and p.score is not None and 0.0 <= p.score <= 1.0
         assert p.llms_asked == list(TINY_LLM_NAMES[: len(p.llms_asked)])
@@ -312,10 +318,10 @@ def test_duplicates_in_a_batch_are_sent_once(
     tiny_llm_dirs: list[Path], oot_table: Path, tmp_path: Path
 ) -> None:
     builder = CountingBuilder()
-    predictions = CascadePredictor(build_llm=builder).predict(
-        project(config_for(tiny_llm_dirs, oot_table, tmp_path), source="default"), ["call now"] * 5
-    )
-    assert builder.texts["tiny-a"] == 1
+    setup = project(config_for(tiny_llm_dirs, oot_table, tmp_path), source="default")
+    predictions = CascadePredictor(build_llm=builder).predict(setup, ["call now"] * 5)
+    cf = len(CONTENT_FREE_TEXTS) if setup.config.cascade_settings.correction != "none" else 0
+    assert builder.texts["tiny-a"] == 1 + cf
     assert [p.llm_called[0] for p in predictions if p.llm_called] == [True, False, False, False, False]
 
 

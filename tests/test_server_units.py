@@ -8,13 +8,26 @@ import math
 import re
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ls_backend.server.config import BackendConfig, ConfigError, deep_merge, load_config, parse_extra_params
+from ls_backend.server.config import (
+    KNOWN_KEYS,
+    PROJECT_SETTINGS,
+    SERVER_SETTINGS,
+    BackendConfig,
+    CascadeSettings,
+    ConfigError,
+    LearningSettings,
+    LimitSettings,
+    deep_merge,
+    load_config,
+    parse_extra_params,
+)
 from ls_backend.server.labeling import LabelConfigError, parse_label_config
 from ls_backend.server.projects import (
     LabelStudioAccess,
@@ -110,15 +123,14 @@ def test_merge_keeps_the_file_and_lets_the_project_win(
     path = tmp_path / "backend.yaml"
     path.write_text(
         "question: Is this spam?\nprompt: {system: be brief, max_text_chars: 100}\n"
-        "llms: [{name: a, kind: hf, model: x}]\ncascade: {threshold: 0.9}\n"
+        "llms: [{name: a, kind: hf, model: x}, {name: b, kind: hf, model: y}]\ncascade: {threshold: 0.9}\n"
     )
     monkeypatch.setenv("LWC_CONFIG", str(path))
     base = load_config()
-    merged = base.merged(
-        {"prompt": {"system": "be kind"}, "llms": [{"name": "b", "kind": "hf", "model": "y"}]}
-    )
+    merged = base.merged({"prompt": {"system": "be kind"}, "llms": ["b"]})
     assert merged.prompt == {"system": "be kind", "max_text_chars": 100}
-    assert [e["name"] for e in merged.llms] == ["b"]  # lists are replaced, not merged
+    # a project picks the server's LLMs by name and gets the server's entries (lists are replaced)
+    assert [dict(e) for e in merged.llms] == [{"name": "b", "kind": "hf", "model": "y"}]
     assert merged.question == "Is this spam?" and merged.cascade == {"threshold": 0.9}
     assert merged.cascade_settings.threshold == 0.9 and merged.cascade_settings.n_bins == 5
     assert base.prompt == {"system": "be brief", "max_text_chars": 100}  # the base is untouched
@@ -179,14 +191,128 @@ def test_server_only_keys_and_their_defaults(tmp_path: Path, monkeypatch: pytest
     assert BackendConfig().resolved_oot_scores().as_posix().endswith("docs/benchmark/scores.jsonl.gz")
 
 
+def test_every_setting_is_a_projects_or_the_servers() -> None:
+    """The trust table covers every key: a setting added later (e.g. a cascade option) is refused for projects,
+    and this test fails until it is put in PROJECT_SETTINGS (a rule) or SERVER_SETTINGS (with why)."""
+    from ls_backend.loop import LoopConfig
+    from ls_backend.server.trust import SECTIONS
+
+    every = {k for k in KNOWN_KEYS if k not in SECTIONS}
+    every |= {f"cascade.{f.name}" for f in fields(CascadeSettings)}
+    every |= {f"loop.{f.name}" for f in fields(LearningSettings) if f.name != "retrain"}
+    every |= {f"loop.{name}" for name in LoopConfig.__dataclass_fields__}
+    every |= {f"limits.{f.name}" for f in fields(LimitSettings)}
+    every |= {"prompt.system", "prompt.template", "prompt.chat", "prompt.max_text_chars", "prompt.examples"}
+    server = {k for k in SERVER_SETTINGS if k in every} | {
+        k for k in every if k.split(".")[0] in SERVER_SETTINGS
+    }
+    assert set(PROJECT_SETTINGS) & server == set()
+    assert every - set(PROJECT_SETTINGS) - server == set()
+    assert set(PROJECT_SETTINGS) - every == set() and set(SERVER_SETTINGS) - every - {"limits"} == set()
+
+
+def test_the_docs_list_who_may_set_every_key() -> None:
+    text = (REPO_ROOT / "docs" / "server.md").read_text()
+    table = text.split("### Who may set what", 1)[1].split("\n\n| key |", 1)[1].split("\n\n", 1)[0]
+    rows = {line.split("|")[1].strip().split(" ")[0].strip("`"): line for line in table.splitlines()[2:]}
+    paths = set(PROJECT_SETTINGS) | {k for k in SERVER_SETTINGS if k != "limits"}
+    paths |= {f"limits.{f.name}" for f in fields(LimitSettings)}
+    assert paths - set(rows) == set() and set(rows) - paths == set()
+    for path, rule in PROJECT_SETTINGS.items():
+        if path != "llms":
+            assert "server file, project" in rows[path] and rule.describe() in rows[path], path
+    for path in paths - set(PROJECT_SETTINGS):
+        assert "server file only" in rows[path], path
+
+
+def test_a_project_chooses_within_what_the_server_allows() -> None:
+    base = BackendConfig.from_mapping(
+        {
+            "llms": [{"name": "a", "kind": "hf", "model": "x"}, {"name": "b", "kind": "hf", "model": "y"}],
+            "max_tasks": 500,
+            "loop": {"n_trials": 50, "tuning_timeout_s": 10},
+        }
+    )
+    assert [e["name"] for e in base.merged({"llms": ["b", "a"]}).llms] == ["b", "a"]
+    chosen = base.merged(
+        {"max_tasks": 20, "loop": {"n_trials": 5, "tuning_timeout_s": 2, "review_threshold": 0.4}}
+    )
+    assert chosen.max_tasks == 20 and chosen.learning.loop_config().n_trials == 5
+    assert chosen.learning.review_threshold == 0.4 and base.learning.review_threshold == 0.7
+    for extra, message in (
+        ({"llms": ["c"]}, r"does not offer: \['c'\]; it offers \['a', 'b'\]"),
+        ({"llms": ["a", "a"]}, "twice"),
+        ({"llms": []}, "names of LLMs this server offers"),
+        (
+            {"llms": [{"name": "a", "kind": "openai", "base_url": "http://x"}]},
+            "the server's config defines them",
+        ),
+        ({"max_tasks": 501}, "at most the server's 500"),
+        ({"loop": {"n_trials": 51}}, "at most the server's 50"),
+        ({"loop": {"tuning_timeout_s": None}}, "no limit"),
+        ({"loop": {"poll_s": 1}}, "only be set in the server's config file"),
+        ({"limits": {"max_projects": 1}}, "only be set in the server's config file"),
+        ({"confidence_bands": [0, 1]}, "only be set in the server's config file"),
+        ({"cascade": {"n_bins": 1000}}, r"cascade.n_bins must be an integer in \[1, 20\]"),
+        ({"cascade": {"calibrator": "MS"}}, "one of"),
+        ({"prompt": {"examples": [["a text", 3]]}}, "pair of strings"),
+        ({"prompt": {"question": "q"}}, "unknown key 'prompt.question'"),
+        ({"prompt": "chat"}, "'prompt' must be a mapping"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            base.merged(extra)
+
+
+_SETTING_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from([*PROJECT_SETTINGS, *SERVER_SETTINGS, "loop.enabled", "limits.max_projects", "llms"]),
+        _SETTING_VALUES | st.lists(st.sampled_from(["a", "b", "c"]), max_size=3),
+        max_size=4,
+    )
+)
+def test_no_extra_params_reach_a_servers_setting(settings: dict) -> None:
+    """Whatever a project sends, what it gets is the server's LLM entries, files, limits and server keys."""
+    base = BackendConfig.from_mapping(
+        {"llms": [{"name": "a", "kind": "hf", "model": "x"}, {"name": "b", "kind": "hf", "model": "y"}],
+         "model_dir": "m", "oot_scores": "s", "max_tasks": 100}
+    )  # fmt: skip
+    extra: dict = {}
+    for path, value in settings.items():
+        section, _, key = path.rpartition(".")
+        if section and not isinstance(extra.get(section), dict):
+            extra[section] = {}
+        (extra[section] if section else extra)[key] = value
+    try:
+        merged = base.merged(extra)
+    except ConfigError:
+        return
+    catalog = [dict(e) for e in base.llms]
+    assert all(dict(e) in catalog for e in merged.llms)
+    assert (merged.model_dir, merged.oot_scores, merged.oot_tasks) == ("m", "s", None)
+    assert merged.limits == base.limits and merged.confidence_bands == base.confidence_bands
+    assert merged.max_tasks <= base.max_tasks
+    for name in ("enabled", "poll_s", "catch_up_retry_s", "idle_stop_s", "tuning_process"):
+        assert getattr(merged.learning, name) == getattr(base.learning, name)
+
+
 def test_default_config_file_is_the_built_in_default() -> None:
     from ls_backend.llms.packaged import PACKAGED_MODELS
-    from ls_backend.server.predictor import DEFAULT_LLMS
+    from ls_backend.server.config import DEFAULT_LLMS
 
     config = load_config(REPO_ROOT / "config" / "default.yaml")
     assert [dict(e) for e in config.llms] == [dict(e) for e in DEFAULT_LLMS]
     assert all(e["model"] in PACKAGED_MODELS for e in DEFAULT_LLMS)
     assert config.cascade_settings == BackendConfig().cascade_settings  # the file spells out the defaults
+    assert config.limits == BackendConfig().limits and config.learning.idle_stop_s == 600
 
 
 @given(

@@ -133,6 +133,10 @@ def _status(args: argparse.Namespace) -> int:
     config = LoopConfig.from_dict(saved["loop"]) if isinstance(saved.get("loop"), dict) else None
     status = loop_status(args.project, store, versions, config)
     status["thresholds"], status["bands"] = _bands(store, versions, args.project)
+    from ls_backend.loop.jobs import JobStore
+
+    latest = JobStore(store.path).latest(args.project)
+    status["job"] = latest.to_dict() if latest is not None else None
     if args.json:
         print(json.dumps(status, indent=1, default=str))
         return 0
@@ -155,6 +159,16 @@ def _status(args: argparse.Namespace) -> int:
         f"{status['label_changes_since_latest_version']} (retrain every {status['retrain_every']})"
     )
     print(f"  {len(status['versions'])} versions; last retrain: {status['last_retrain']}")
+    job = status["job"]
+    if job is None:
+        print("  pre-annotation jobs: none (lwc prelabel)")
+    else:
+        print(
+            f"  latest job {job['id']} ({job['kind']}, {job['mode']}): {job['status']}, {job['processed']} of "
+            f"{job['total']} tasks ({job['done']} predicted, {job['skipped']} skipped, {job['failed']} failed), "
+            f"{job['llm_calls']} LLM calls, target {job['target_version']}"
+            + (f"; {job['note']}" if job.get("note") else "")
+        )
     return 0
 
 

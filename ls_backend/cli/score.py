@@ -3,12 +3,16 @@
 ::
 
     lwc score --llms llms.yaml --tasks tasks.yaml --items items.jsonl --out scores.jsonl \\
-        [--cache scores.jsonl.cache.sqlite] [--batch-size 16] [--no-progress]
+        [--cache scores.jsonl.cache.sqlite] [--batch-size 16] [--content-free CF.jsonl.gz] [--no-progress]
 
 Items are JSON Lines, one object a line: ``{"id": "17", "task": "sms_spam", "text": "...", "label": "yes"}``
 (``label`` optional). Results go through the score cache (by default next to the output), so an interrupted
 run resumes where it stopped and a repeated run asks no LLM again. The scores table is written at the end
 (atomically), one row per (task, item, LLM), in the format of :mod:`ls_backend.scores`.
+
+``--content-free`` also scores the content-free inputs of contextual calibration
+(:data:`ls_backend.calibration.CONTENT_FREE_TEXTS`) under every (LLM, task) prompt, into a second scores table
+(items ``cf0``, ``cf1``, ... without labels); the out-of-task model reads it from beside the scores.
 """
 
 from __future__ import annotations
@@ -145,7 +149,10 @@ def run_score(args: argparse.Namespace) -> int:
         + (f"; skipped {items.n_empty} item(s) with empty text" if items.n_empty else "")
     )
 
+    from ls_backend.calibration import CONTENT_FREE_TEXTS
+
     rows: list[dict[str, Any]] = []
+    content_free_rows: list[dict[str, Any]] = []
     summary: dict[str, LLMSummary] = {}
     with ScoreCache(cache_path) as cache:
         try:
@@ -165,6 +172,15 @@ def run_score(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size,
                         progress=False if args.no_progress else f"{config.name}/{task_name}",
                     )
+                    if args.content_free:
+                        free = score_items(llm, prompt, list(CONTENT_FREE_TEXTS), cache=cache,
+                                           batch_size=args.batch_size)  # fmt: skip
+                        content_free_rows += [
+                            {"task": task_name, "item": f"cf{i}", "llm": config.name, "classes": list(task.classes),
+                             "label": None, "answer": task.classes[int(free.answers[i])],
+                             "logits": [float(x) for x in free.logits[i]], "cost": float(free.costs[i])}
+                            for i in range(len(CONTENT_FREE_TEXTS))
+                        ]  # fmt: skip
                     stats.items += len(result)
                     stats.called += int(result.meta["n_called"])
                     stats.cached += int(result.meta["n_cached"])
@@ -192,6 +208,9 @@ def run_score(args: argparse.Namespace) -> int:
             raise CLIError(f"{e} (finished batches are kept in {cache_path})") from None
     write_scores(rows, out)
     print(f"wrote {len(rows)} rows to {out}")
+    if args.content_free:
+        write_scores(content_free_rows, args.content_free)
+        print(f"wrote {len(content_free_rows)} content-free rows to {args.content_free}")
     print(f"{'llm':<24} {'items':>7} {'called':>7} {'cached':>7} {'seconds':>9} {'cost':>12}  unit")
     for name, s in summary.items():
         print(
@@ -215,5 +234,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="scores table to write (JSON Lines; .gz compresses)")
     parser.add_argument("--cache", help="score cache (SQLite); default: OUT.cache.sqlite next to the output")
     parser.add_argument("--batch-size", type=int, default=16, help="texts per LLM call (default 16)")
+    parser.add_argument(
+        "--content-free",
+        help="also score the content-free inputs of every (LLM, task) into this scores table",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_score)

@@ -80,7 +80,9 @@ _MODEL_ID_MESSAGE = re.compile(
     r"model identifier|model id|invalid model|model .*(not found|does not exist)", re.I
 )
 _ANSWER_PREFIX = re.compile(
-    r"^(?:(?:the|my|final|correct)\s+)*(?:answer|label|class|classification|category|response)\s*(?:is|would be)?\s*",
+    # "is" / "would be" only when a word follows: "Answer: is" answers the class "is"
+    r"^(?:(?:the|my|final|correct)\s+)*(?:answer|label|class|classification|category|response)"
+    r"(?:\s+(?:is|would be)(?=\s+\S))?\s*",
 )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -67,21 +66,11 @@ class ScoreCache:
     """
 
     def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
+        from ls_backend.files import open_cache_database
+
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=timeout, check_same_thread=False, isolation_level=None
-        )
-        try:
-            if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            self._conn.close()
-            raise ValueError(f"score cache {self.path}: not a usable SQLite database ({e})") from None
+        self._conn = open_cache_database(self.path, SCHEMA, "score cache", timeout)
 
     def get_many(
         self, llm: str, revision: str, prompt_hash: str, texts: Sequence[str]
@@ -147,6 +136,34 @@ class ScoreCache:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    def count(self, llm: str, revision: str, prompt_hash: str, exclude: Sequence[str] = ()) -> int:
+        """How many distinct texts are cached for one (LLM, revision, prompt), leaving out the texts ``exclude``."""
+        excluded = [text_hash(t) for t in exclude]
+        marks = ",".join("?" * len(excluded))
+        where = f" AND text_hash NOT IN ({marks})" if excluded else ""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT COUNT(*) FROM scores WHERE llm = ? AND revision = ? AND prompt_hash = ?{where}",
+                (llm, revision, prompt_hash, *excluded),
+            ).fetchone()
+        return int(row[0])
+
+    def first_logits(
+        self, llm: str, revision: str, prompt_hash: str, limit: int, exclude: Sequence[str] = ()
+    ) -> np.ndarray:
+        """The class logits (m, C) of the first ``limit`` texts cached for one (LLM, revision, prompt), oldest
+        first (ties by text hash), leaving out the texts ``exclude``: a fixed sample once ``limit`` are there."""
+        excluded = [text_hash(t) for t in exclude]
+        marks = ",".join("?" * len(excluded))
+        where = f" AND text_hash NOT IN ({marks})" if excluded else ""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT logits FROM scores WHERE llm = ? AND revision = ? AND prompt_hash = ?{where} "
+                "ORDER BY created_at, text_hash LIMIT ?",
+                (llm, revision, prompt_hash, *excluded, int(limit)),
+            ).fetchall()
+        return np.array([json.loads(r[0]) for r in rows], dtype=np.float64).reshape(len(rows), -1)
 
     def __len__(self) -> int:
         with self._lock:

@@ -7,7 +7,7 @@
         kind: packaged                # hf | packaged | bedrock | openai (see KINDS)
         model: smollm2-135m-instruct  # hub id, local folder, GGUF file, packaged name or remote model id
         device: cpu
-        dtype: float32
+        dtype: auto                   # auto | float32 | bfloat16 | float16 | int8 (hf, packaged; docs/llms.md)
         batch_size: 8
         prompt: {chat: true}          # overrides of the task's prompt for this LLM
         few_shot: 0                   # the task's labeled examples to show, per class (packaged: recommended)
@@ -209,6 +209,24 @@ def load_llm_configs(path: str | Path) -> list[LLMConfig]:
         return parse_llm_configs(data)
     except LLMConfigError as e:
         raise LLMConfigError(f"{path}: {e}") from None
+
+
+def predicted_precision(kind: str, options: Mapping[str, Any]) -> str | None:
+    """The precision an ``hf`` or ``packaged`` LLM entry will load in on this machine, without loading it (None
+    for other kinds): the server's prediction of an LLM's revision uses it."""
+    device = str(options.get("device", "cpu"))
+    if kind == "packaged" and isinstance(options.get("model"), str):
+        from ls_backend.llms.packaged import DEFAULT_DTYPE, PACKAGED_MODELS, packaged_precision
+
+        if options["model"] not in PACKAGED_MODELS:
+            return None
+        return packaged_precision(options["model"], device, str(options.get("dtype", DEFAULT_DTYPE)))
+    if kind == "hf":
+        from ls_backend.llms.hf import DEFAULT_AUTO_DTYPES, resolve_precision
+
+        auto_dtypes = options.get("auto_dtypes", DEFAULT_AUTO_DTYPES)
+        return resolve_precision(str(options.get("dtype", "float32")), device, tuple(auto_dtypes))
+    return None
 
 
 def build_llms(config: str | Path | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[LLM]:

@@ -23,6 +23,15 @@ turned into the configured unit by the LLM's :class:`~ls_backend.llms.base.CostM
 
 Prompts that do not fit the model (``max_prompt_tokens``, default the model's maximum positions) have their text
 shortened further (beginning kept, ``" ..."`` appended) until they fit; the answer cue at the end is never cut.
+
+Precision (``dtype`` of the loaders): ``float32``, ``bfloat16``, ``float16``, ``int8`` (dynamic quantization of the
+decoder's linear layers: int8 weights per output channel, activations quantized per call; CPU only) or ``auto``
+(bf16 where the device computes it natively, see :func:`native_bf16`, fp32 elsewhere, and only among the
+precisions ``auto_dtypes`` allows: those whose quality guard was measured to hold for the model; an unmeasured
+model stays fp32). In bf16 and fp16 the output head stays fp32 (:class:`Float32Head`): it runs at one position
+per item, so it costs little, and a bf16 logit near 30 is rounded to a multiple of 0.125. The precision is part
+of the revision (:func:`hf_revision`), so the score cache never mixes precisions; fp32 keeps the revision it has
+always had.
 """
 
 from __future__ import annotations
@@ -31,10 +40,13 @@ import copy
 import hashlib
 import inspect
 import logging
+import platform
 import time
+import warnings
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -47,19 +59,153 @@ log = logging.getLogger(__name__)
 
 Method = Literal["forward", "generate"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# what a model can be run in; "int8" is dynamic quantization of the linear layers over fp32
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+DTYPE_CHOICES = ("auto", *PRECISIONS)
+# what `auto` may choose for a model whose quality in other precisions was never measured
+DEFAULT_AUTO_DTYPES = ("float32",)
+# CPU flags (Linux /proc/cpuinfo) of native bf16 dot products: AVX-512 BF16, AMX-BF16, Arm's BF16 extension
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 # a shared prefix shorter than this is not worth a separate forward pass and a cache copy
 MIN_PREFIX_TOKENS = 8
 # a batch's longest (unshared) prompt part may be this many times its shortest (plus a few tokens)
 MAX_PADDING = 1.25
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (``flags`` on x86, ``Features`` on Arm); empty elsewhere."""
     try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}") from None
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` has native bf16 dot products (so bf16 is faster than fp32, not only smaller).
+
+    ``torch.backends.cpu.get_cpu_capability()`` is not enough: it says "AVX512" on CPUs with AVX-512 but
+    without its BF16 extension (Skylake, Cascade Lake), where bf16 is emulated and slower than fp32. So on CPUs
+    this asks torch's own check of AVX-512 BF16 / AMX, then the CPU's flags; a fixed answer per machine, so
+    that the revision (and the server's prediction of it) never depends on a timing.
+    """
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if kind != "cpu":
+        return False
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        probe = getattr(torch.cpu, check, None)
+        if probe is not None and probe():
+            return True
+    flags = cpu_flags()
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool(flags & (BF16_CPU_FLAGS - {"bf16"}))
+
+
+def resolve_precision(
+    dtype: str, device: str | torch.device = "cpu", auto_dtypes: Sequence[str] = DEFAULT_AUTO_DTYPES
+) -> str:
+    """The concrete precision of a ``dtype`` setting: itself, or for ``"auto"`` bf16 where the device has native
+    bf16 and ``auto_dtypes`` (the precisions measured to keep the model's quality) allows it, else fp32."""
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {list(DTYPE_CHOICES)}")
+    unknown = set(auto_dtypes) - set(PRECISIONS)
+    if unknown:
+        raise ValueError(
+            f"auto_dtypes: unknown precision(s) {sorted(unknown)}; expected some of {PRECISIONS}"
+        )
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if "bfloat16" in auto_dtypes and native_bf16(device) else "float32"
+
+
+def hf_revision(base: str, precision: str) -> str:
+    """The HF adapter's revision: the weights' revision, the class-token rule and (other than fp32) the
+    precision, so cached scores never outlive a change of the rule or mix precisions."""
+    revision = f"{base}|{CLASS_MATCHING_RULE}" if base else CLASS_MATCHING_RULE
+    return revision if precision == "float32" else f"{revision}|{precision}"
+
+
+class Float32Head(torch.nn.Module):
+    """An output head that computes the vocabulary logits in fp32 from a lower-precision model's hidden state."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        weight = cast(torch.Tensor, head.weight)
+        self.weight = torch.nn.Parameter(weight.detach().float().clone(), requires_grad=False)
+        bias = getattr(head, "bias", None)
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().float().clone(), False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden.float(), self.weight, self.bias)
+
+
+def _dynamic_linear_type() -> type:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    return DynamicLinear
+
+
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization (``torch.ao.quantization.quantize_dynamic``) of every linear layer but the
+    output head, in place: int8 weights per output channel, activations quantized per call (fbgemm/oneDNN VNNI
+    kernels on x86). The head stays fp32: it runs at one position per item and writes the logits themselves."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao (not installed here); it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        head = model.get_output_embeddings()
+        spec = {
+            name: per_channel_dynamic_qconfig
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head
+        }
+        if not spec:
+            raise ValueError("int8: the model has no linear layers to quantize")
+        quantize_dynamic(model, spec, inplace=True)
+    return model
+
+
+def model_precision(model: Any) -> str:
+    """The precision a loaded model runs in: ``int8`` (dynamically quantized linear layers), else its dtype's
+    name; a bf16/fp16 model whose output head is not fp32 is ``<dtype>-logits`` (its logits are rounded)."""
+    dynamic = _dynamic_linear_type()
+    if any(isinstance(module, dynamic) for module in model.modules()):
+        return "int8"
+    name = str(model.dtype).removeprefix("torch.")
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if name != "float32" and not isinstance(head, Float32Head):
+        return f"{name}-logits"
+    return name
+
+
+def set_precision(model: Any, precision: str) -> Any:
+    """An fp32 model converted to ``precision`` in place (see the module docstring); returns it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}")
+    if precision == "float32":
+        return model
+    if precision == "int8":
+        if next(model.parameters()).device.type != "cpu":
+            raise ValueError("int8 dynamic quantization runs on the CPU only; use bfloat16 on other devices")
+        return quantize_int8(model)
+    head = model.get_output_embeddings()
+    full_precision_head = Float32Head(head) if head is not None else None
+    model.to(DTYPES[precision])
+    if full_precision_head is not None:
+        model.set_output_embeddings(full_precision_head.to(next(model.parameters()).device))
+    return model
 
 
 def load_model_and_tokenizer(
@@ -69,11 +215,14 @@ def load_model_and_tokenizer(
     dtype: str | torch.dtype = "float32",
     architecture: Literal["auto", "causal", "seq2seq"] = "auto",
     revision: str | None = None,
+    auto_dtypes: Sequence[str] = DEFAULT_AUTO_DTYPES,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) from a hub id, a local folder, or a GGUF file (``model`` = folder, ``gguf_file`` = name).
 
-    A path to a ``.gguf`` file may also be given directly as ``model``. GGUF weights are dequantized to
-    ``dtype`` (transformers does that on load).
+    A path to a ``.gguf`` file may also be given directly as ``model``. GGUF weights are dequantized on load.
+    ``dtype``: a name of :data:`DTYPE_CHOICES` (``auto`` resolved by :func:`resolve_precision` with
+    ``auto_dtypes``) or a ``torch.dtype`` (loaded as is). Named precisions load fp32 weights and convert them
+    (:func:`set_precision`), so a bf16 model keeps an fp32 output head.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -89,8 +238,15 @@ def load_model_and_tokenizer(
         raise ValueError(f"architecture must be 'auto', 'causal' or 'seq2seq', got {architecture!r}")
     tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
     auto: Any = AutoModelForCausalLM if architecture == "causal" else AutoModelForSeq2SeqLM
-    hf_model = auto.from_pretrained(model, dtype=resolve_dtype(dtype), **kwargs)
-    return hf_model.to(device).eval(), tokenizer
+    if isinstance(dtype, torch.dtype):
+        hf_model = auto.from_pretrained(model, dtype=dtype, **kwargs)
+        return hf_model.to(device).eval(), tokenizer
+    precision = resolve_precision(dtype, device, auto_dtypes)
+    if precision == "int8" and torch.device(device).type != "cpu":
+        raise ValueError("int8 dynamic quantization runs on the CPU only; use bfloat16 on other devices")
+    # converted on the CPU before moving, so a GPU never holds the fp32 copy of a model it runs in bf16
+    hf_model = set_precision(auto.from_pretrained(model, dtype=torch.float32, **kwargs).eval(), precision)
+    return hf_model.to(device), tokenizer
 
 
 def local_revision(model: str, gguf_file: str | None = None) -> str:
@@ -184,8 +340,8 @@ class HFLLM:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        # the class-token rule shapes every class logit, so cached scores must not outlive a change of it
-        self.revision = f"{revision}|{CLASS_MATCHING_RULE}" if revision else CLASS_MATCHING_RULE
+        self.precision = model_precision(model)
+        self.revision = hf_revision(revision, self.precision)
         self.cost_model = cost_model or CostModel()
         self.batch_size = batch_size
         self.method = method
@@ -232,9 +388,11 @@ class HFLLM:
         dtype: str = "float32",
         architecture: Literal["auto", "causal", "seq2seq"] = "auto",
         revision: str | None = None,
+        auto_dtypes: Sequence[str] = DEFAULT_AUTO_DTYPES,
         **options: Any,
     ) -> HFLLM:
-        """Load from a hub id, a local folder or a GGUF file; ``options`` go to the constructor."""
+        """Load from a hub id, a local folder or a GGUF file; ``options`` go to the constructor. ``dtype`` and
+        ``auto_dtypes``: see :func:`load_model_and_tokenizer`."""
         hf_model, tokenizer = load_model_and_tokenizer(
             model,
             gguf_file=gguf_file,
@@ -242,6 +400,7 @@ class HFLLM:
             dtype=dtype,
             architecture=architecture,
             revision=revision,
+            auto_dtypes=auto_dtypes,
         )
         rev = revision or getattr(hf_model.config, "_commit_hash", None) or local_revision(model, gguf_file)
         return cls(hf_model, tokenizer, name=name or model, revision=str(rev or ""), **options)
@@ -394,7 +553,8 @@ class HFLLM:
         with torch.inference_mode():
             cached = self._next_token_logits([ids], prefix).float()
             plain = self._next_token_logits([ids], None).float()
-        tolerance = 1e-3 if self.model.dtype == torch.float32 else 5e-2
+        # int8's activation scales are per call, so its two paths agree no better than bf16's
+        tolerance = 1e-3 if self.precision == "float32" else 5e-2
         scale = max(1.0, float(plain.abs().max()))
         if not torch.allclose(cached, plain, atol=tolerance * scale, rtol=0):
             log.warning(
@@ -489,5 +649,6 @@ class HFLLM:
             "max_new_tokens": self.max_new_tokens,
             "seq2seq": self.is_seq2seq,
             "dtype": str(self.model.dtype),
+            "precision": self.precision,
             "device": str(self.device),
         }

@@ -5,7 +5,9 @@ joined by ", "). Literal braces are written ``{{`` and ``}}``. The default templ
 so the LLM's next token is its answer.
 
 Plain rendering (base models) puts few-shot examples first, each rendered with the same template and followed by
-its class, separated by blank lines; an optional ``system`` text goes before them. Chat rendering (instruct
+its class, separated by blank lines; an optional ``system`` text goes before them. The ``system`` text may hold
+``{question}`` and ``{classes}`` too (not ``{text}``), so an instruction can name the classes once, or a base
+model's prompt can state the question once above compact examples (a template without ``{question}``). Chat rendering (instruct
 models; ``chat=True``) gives a message list instead: the system message, one user/assistant turn per example and
 the user message of the item; the adapter applies the tokenizer's chat template to it.
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TEMPLATE = "{question}\n\nText: {text}\n\nAnswer with one of: {classes}.\nAnswer:"
 PLACEHOLDERS = frozenset({"question", "text", "classes"})
+SYSTEM_PLACEHOLDERS = frozenset({"question", "classes"})
 TRUNCATION_MARK = " ..."
 _FIELDS = ("question", "classes", "template", "examples", "chat", "system", "max_text_chars")
 
@@ -35,12 +38,14 @@ class PromptError(ValueError):
     """A prompt template that cannot be rendered or contradicts its classes."""
 
 
-def _template_fields(template: str) -> list[str]:
+def _template_fields(
+    template: str, allowed: frozenset[str] = PLACEHOLDERS, what: str = "template"
+) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
         raise PromptError(
-            f"prompt template is malformed ({e}); write literal braces as '{{{{' and '}}}}'"
+            f"prompt {what} is malformed ({e}); write literal braces as '{{{{' and '}}}}'"
         ) from None
     names = []
     for _, field_name, format_spec, conversion in parsed:
@@ -48,16 +53,17 @@ def _template_fields(template: str) -> list[str]:
             continue
         if field_name == "":
             raise PromptError(
-                "prompt template has an empty placeholder '{}'; use {question}, {text} or {classes}"
+                f"prompt {what} has an empty placeholder '{{}}'; use "
+                f"{' or '.join(sorted('{' + p + '}' for p in allowed))}"
             )
-        if field_name not in PLACEHOLDERS:
+        if field_name not in allowed:
             raise PromptError(
-                f"prompt template has unknown placeholder {{{field_name}}}; allowed: "
-                f"{sorted('{' + p + '}' for p in PLACEHOLDERS)}"
+                f"prompt {what} has unknown placeholder {{{field_name}}}; allowed: "
+                f"{sorted('{' + p + '}' for p in allowed)}"
             )
         if format_spec or conversion:
             raise PromptError(
-                f"prompt template placeholder {{{field_name}}} must not have a format spec or '!'"
+                f"prompt {what} placeholder {{{field_name}}} must not have a format spec or '!'"
             )
         names.append(field_name)
     return names
@@ -109,6 +115,8 @@ class PromptTemplate:
             raise PromptError(f"prompt: 'chat' must be true or false, got {self.chat!r}")
         if self.system is not None and not isinstance(self.system, str):
             raise PromptError(f"prompt: 'system' must be a string or null, got {self.system!r}")
+        if self.system:
+            _template_fields(self.system, SYSTEM_PLACEHOLDERS, "system text")
         if (
             isinstance(self.max_text_chars, bool)
             or not isinstance(self.max_text_chars, int)
@@ -133,16 +141,24 @@ class PromptTemplate:
             question=self.question, text=self.truncate(text), classes=", ".join(self.classes)
         )
 
+    def render_system(self) -> str | None:
+        """The system text with ``{question}`` and ``{classes}`` filled in (None: no system text)."""
+        if not self.system:
+            return None
+        return self.system.format(question=self.question, classes=", ".join(self.classes))
+
     def render_plain(self, text: str) -> str:
         """The full plain-text prompt: system text, few-shot examples with their classes, then the item."""
-        parts = [self.system] if self.system else []
+        system = self.render_system()
+        parts = [system] if system else []
         parts += [f"{self.render_item(ex_text)} {ex_class}" for ex_text, ex_class in self.examples]
         parts.append(self.render_item(text))
         return "\n\n".join(parts)
 
     def render_messages(self, text: str) -> list[dict[str, str]]:
         """The prompt as chat messages: system, one user/assistant turn per example, then the item."""
-        messages = [{"role": "system", "content": self.system}] if self.system else []
+        system = self.render_system()
+        messages = [{"role": "system", "content": system}] if system else []
         for ex_text, ex_class in self.examples:
             messages.append({"role": "user", "content": self.render_item(ex_text)})
             messages.append({"role": "assistant", "content": ex_class})

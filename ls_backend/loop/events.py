@@ -1,16 +1,20 @@
 """Label Studio webhook payloads and API annotations, read into plain records (pure: no I/O).
 
-Label Studio 1.23.2 sends (see ``/work/shared/ls-protocol``): ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED``
+Label Studio 1.23.2 sends (see the captures of the shared ``ls-protocol`` fixtures): ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED``
 with ``annotation``, ``project`` and ``task`` objects; ``ANNOTATIONS_DELETED`` (plural) with ``annotations: [{id}]``;
 ``START_TRAINING`` with ``project``. An annotation becomes an :class:`AnnotationRecord`: its one chosen class, or
 no label and the reason it is ignored (``was_cancelled``, ``no_choice``, ``several_choices``,
 ``label_outside_classes``). A payload this module cannot read raises :class:`MalformedEvent`, naming what is
-wrong; the store records it as ignored with that message.
+wrong; the store records it as ignored with that message. Every function here is total on any JSON value: it
+returns or raises :class:`MalformedEvent`, never another error, so one odd payload cannot fail a batch of events.
+
+Ids (annotations, tasks, projects, users) are read as Label Studio stores them: positive integers of at most 64
+bits (Django's ``AutoField``/``BigAutoField``), given as JSON integers or ASCII decimal strings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +35,24 @@ IGNORE_REASONS = (
 )
 """Why an annotation or an event gives no label (``stale``: an older version of an annotation arrived after a
 newer one; ``deleted``: the annotation was deleted, so a late create/update does not bring it back)."""
+
+MAX_ID = 2**63 - 1
+"""The largest id Label Studio can hand out (a signed 64-bit primary key); SQLite's INTEGER holds it too."""
+
+
+def label_studio_id(value: Any) -> int | None:
+    """``value`` as a Label Studio id: a positive integer of at most 64 bits, given as a JSON integer or an ASCII
+    decimal string (``"²"`` and ``"٣"`` pass ``str.isdigit()`` but are no id). None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > 19 or not (text.isascii() and text.isdigit()):
+            return None
+        value = int(text)
+    if not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        return None
+    return value
 
 
 class MalformedEvent(ValueError):
@@ -72,21 +94,58 @@ class LabelingConfig:
     from_name: str | None = None
 
 
+def exceeds_depth(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests lists and objects deeper than ``limit`` levels (``{}`` is 1 level).
+
+    Iterative, so it is safe on values nested deeper than Python's recursion limit (which would make a recursive
+    walk, ``copy.deepcopy`` or ``json.dumps`` raise ``RecursionError``)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, Mapping | list | tuple))
+    return False
+
+
+def text_may_exceed_depth(text: str | bytes, limit: int) -> bool:
+    """False when a JSON text cannot nest deeper than ``limit`` levels: it opens at most ``limit`` lists and
+    objects in all (a count in C, so the walk of :func:`exceeds_depth` is only needed for the rare large body)."""
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{") > limit
+    return text.count("[") + text.count("{") > limit
+
+
 def parse_timestamp_us(value: Any, what: str = "timestamp") -> int:
     """An ISO 8601 timestamp as Label Studio writes it (``2026-11-28T14:12:32.014409Z``) in microseconds, UTC."""
     if not isinstance(value, str) or not value.strip():
-        raise MalformedEvent(f"{what} must be an ISO 8601 string, got {value!r}")
+        raise MalformedEvent(f"{what} must be an ISO 8601 string, got {_short(value)}")
     text = value.strip()
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise MalformedEvent(f"{what} is not an ISO 8601 timestamp: {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    except (
+        ValueError,
+        OverflowError,
+    ):  # OverflowError: e.g. year 1 with a positive offset is before year 1 UTC
+        raise MalformedEvent(f"{what} is not an ISO 8601 timestamp: {_short(value)}") from None
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages that may quote a huge payload field."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def labeling_config_of(project: Any) -> LabelingConfig | None:
@@ -106,14 +165,17 @@ def labeling_config_of(project: Any) -> LabelingConfig | None:
         if not isinstance(control, Mapping) or control.get("type") != "Choices":
             continue
         from_name = from_name or str(name)
-        for label in control.get("labels") or []:
-            classes.append(str(label))
-        for attrs in (control.get("labels_attrs") or {}).values():
+        labels = control.get("labels")
+        if isinstance(labels, list):
+            classes += [label for label in labels if isinstance(label, str)]
+        attributes = control.get("labels_attrs")
+        for attrs in attributes.values() if isinstance(attributes, Mapping) else ():
             if isinstance(attrs, Mapping) and isinstance(attrs.get("alias"), str):
                 classes.append(attrs["alias"])
-        inputs = control.get("inputs") or []
-        if data_key is None and inputs and isinstance(inputs[0], Mapping) and inputs[0].get("value"):
-            data_key = str(inputs[0]["value"])
+        inputs = control.get("inputs")
+        first = inputs[0] if isinstance(inputs, list) and inputs else None
+        if data_key is None and isinstance(first, Mapping) and isinstance(first.get("value"), str):
+            data_key = first["value"] or None
     if not classes:
         return None
     return LabelingConfig(tuple(dict.fromkeys(classes)), data_key, from_name)
@@ -123,16 +185,19 @@ def _int_field(mapping: Mapping[str, Any], key: str, what: str) -> int:
     value = mapping.get(key)
     if isinstance(value, Mapping):  # the API may nest {"id": ...}
         value = value.get("id")
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
-        raise MalformedEvent(f"{what}.{key} must be an integer id, got {value!r}")
-    return int(value)
+    checked = label_studio_id(value)
+    if checked is None:
+        raise MalformedEvent(
+            f"{what}.{key} must be a Label Studio id (a positive 64-bit integer), got {_short(value)}"
+        )
+    return checked
 
 
 def chosen_labels(result: Any, from_name: str | None = None) -> list[str]:
     """The choices an annotation's ``result`` selects (of the ``from_name`` control when given)."""
     if result is None:
         return []
-    if not isinstance(result, Sequence) or isinstance(result, str | bytes):
+    if not isinstance(result, list):
         raise MalformedEvent(f"annotation.result must be a list, got {type(result).__name__}")
     chosen: list[str] = []
     for region in result:
@@ -144,8 +209,10 @@ def chosen_labels(result: Any, from_name: str | None = None) -> list[str]:
             continue
         value = region.get("value")
         choices = value.get("choices") if isinstance(value, Mapping) else None
-        if isinstance(choices, Sequence) and not isinstance(choices, str):
-            chosen.extend(str(c) for c in choices)
+        if isinstance(choices, list):
+            if not all(isinstance(c, str) for c in choices):
+                raise MalformedEvent(f"annotation.result choices must be strings, got {_short(choices)}")
+            chosen.extend(choices)
     return chosen
 
 
@@ -165,6 +232,10 @@ def annotation_record(annotation: Any, config: LabelingConfig | None) -> Annotat
     completed_by = annotation.get("completed_by")
     if isinstance(completed_by, Mapping):
         completed_by = completed_by.get("id")
+    if completed_by is not None and label_studio_id(completed_by) is None:
+        raise MalformedEvent(
+            f"annotation.completed_by must be a user id (a positive 64-bit integer) or null, got {_short(completed_by)}"
+        )
 
     def record(label: str | None, reason: str | None) -> AnnotationRecord:
         return AnnotationRecord(
@@ -173,7 +244,7 @@ def annotation_record(annotation: Any, config: LabelingConfig | None) -> Annotat
             updated_at_us=updated_at_us,
             label=label,
             ignored_reason=reason,
-            completed_by=int(completed_by) if isinstance(completed_by, int) else None,
+            completed_by=label_studio_id(completed_by),
             ground_truth=bool(annotation.get("ground_truth", False)),
             created_at_us=created_at_us,
         )
@@ -197,20 +268,20 @@ def project_id_of(payload: Mapping[str, Any]) -> int | None:
     project = payload.get("project")
     if isinstance(project, Mapping):
         project = project.get("id")
-    if isinstance(project, int) and not isinstance(project, bool):
-        return project
-    if isinstance(project, str) and project.split(".", 1)[0].isdigit():
-        return int(project.split(".", 1)[0])
+    if isinstance(project, str):  # the ML backend's "<id>.<created_at>" form
+        project = project.split(".", 1)[0]
+    if project is not None:
+        return label_studio_id(project)
     annotation = payload.get("annotation")
-    if isinstance(annotation, Mapping) and isinstance(annotation.get("project"), int):
-        return int(annotation["project"])
+    if isinstance(annotation, Mapping):
+        return label_studio_id(annotation.get("project"))
     return None
 
 
 def deleted_ids(payload: Mapping[str, Any]) -> list[int]:
     """The annotation ids of an ``ANNOTATIONS_DELETED`` payload."""
     items = payload.get("annotations")
-    if not isinstance(items, Sequence) or isinstance(items, str) or not items:
+    if not isinstance(items, list) or not items:
         raise MalformedEvent("ANNOTATIONS_DELETED needs a non-empty 'annotations' list of {id}")
     return [
         _int_field(item, "id", "annotations[]") if isinstance(item, Mapping) else _bad_id(item)
@@ -219,9 +290,13 @@ def deleted_ids(payload: Mapping[str, Any]) -> list[int]:
 
 
 def _bad_id(item: Any) -> int:
-    if isinstance(item, int) and not isinstance(item, bool):
-        return item
-    raise MalformedEvent(f"ANNOTATIONS_DELETED: each entry must be an object with an id, got {item!r}")
+    checked = label_studio_id(item) if isinstance(item, int) else None
+    if checked is None:
+        raise MalformedEvent(
+            f"ANNOTATIONS_DELETED: each entry must be an object with an id (a positive 64-bit integer), "
+            f"got {_short(item)}"
+        )
+    return checked
 
 
 def task_text(task: Any, config: LabelingConfig | None) -> str | None:

@@ -1,8 +1,16 @@
-"""A servable model: per-LLM calibrators plus a cascade policy, how it scores an answer, and how it is evaluated.
+"""A servable model: per-LLM calibrators plus a cascade policy, how it answers and scores, and how it is evaluated.
+
+Each LLM has an **answer rule** (:data:`ANSWER_RULES`): ``llm`` keeps the LLM's own answer (the paper's method),
+``calibrated`` answers with the argmax of its calibrated (and bias-corrected) class probabilities. Either way the
+LLM's score is the calibrated probability of its answer, and these answers and scores are what the policy sees.
 
 The served score of an answer (what Label Studio shows, what routes a task to review) is the calibrated
-probability of the cascade's final class: the deciding LLM's when the policy answered with one LLM (``llm<j>``),
-else the mean over the LLMs asked (votes). It is numpy in, numpy out; the version files live in
+probability of the cascade's final class under the **served distribution**: the deciding LLM's calibrated
+distribution when the policy answered with one LLM (``llm<j>``); for a vote (``majority``,
+``weighted_majority``, ``most_confident``) the mean of the calibrated distributions of the LLMs that answered
+the final class (its supporters; the dissenters' weight is already in the vote's outcome). With calibrated
+answers every supporter's most probable class is the final class, so the final class is the most probable under
+the served distribution: answer and score agree. It is numpy in, numpy out; the version files live in
 :mod:`ls_backend.loop.versions`.
 """
 
@@ -23,6 +31,43 @@ LLMScoreFunction = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray, np.
 """``score_llm(k, item_indices) -> (answers (m,), class logits (m, C), costs (m,))`` for LLM k (0 = cheapest)."""
 
 _SINGLE = re.compile(r"llm(\d+)")
+
+ANSWER_RULES = ("llm", "calibrated")
+"""How an LLM's answer is read: its own answer (``llm``) or the argmax of its calibrated probabilities."""
+
+
+def check_answer_rules(rules: str | Sequence[str], n_llms: int) -> tuple[str, ...]:
+    """One answer rule per LLM, from one rule for all or a list (validated)."""
+    listed = (rules,) * n_llms if isinstance(rules, str) else tuple(rules)
+    if len(listed) != n_llms:
+        raise ValueError(f"got {len(listed)} answer rules for {n_llms} LLMs")
+    bad = [r for r in listed if r not in ANSWER_RULES]
+    if bad:
+        raise ValueError(f"unknown answer rule(s) {bad}; expected one of {list(ANSWER_RULES)}")
+    return listed
+
+
+def answers_and_scores(
+    probabilities: np.ndarray, llm_answers: np.ndarray, rule: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """An LLM's answers (n,) under its answer rule and their calibrated probabilities (n,), from its calibrated
+    class probabilities (n, C) and its own answers (n,)."""
+    answers = (
+        probabilities.argmax(axis=1) if rule == "calibrated" else np.asarray(llm_answers, dtype=np.int64)
+    )
+    return answers, probabilities[np.arange(answers.size), answers]
+
+
+def calibrated_answers(
+    calibrators: Sequence[Calibrator], logits: np.ndarray, llm_answers: np.ndarray, rules: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every LLM's answers under its rule and their calibrated scores (L, n), from logits (L, n, C) and the LLMs'
+    own answers (L, n): what a policy is trained on and what it sees when serving."""
+    pairs = [
+        answers_and_scores(np.clip(c.predict_proba(logits[k]), 0.0, 1.0), llm_answers[k], rules[k])
+        for k, c in enumerate(calibrators)
+    ]
+    return np.stack([a for a, _ in pairs]), np.stack([s for _, s in pairs])
 
 
 @dataclass
@@ -90,7 +135,10 @@ class ServingModel:
         llms: LLM names, cheapest first (the order the policy asks them).
         classes: class names; index i of logits and answers is ``classes[i]``.
         calibrators: one fitted calibrator (or its ``to_dict``) per LLM.
-        policy: the cascade policy.
+        policy: the cascade policy (trained on answers and scores read with the same answer rules).
+        answer: the answer rule of every LLM (one rule, or one per LLM; see :data:`ANSWER_RULES`).
+        student: a classifier on the project's own labels (:class:`ls_backend.student.EmbeddingStudent`, or its
+            ``to_dict``) that is member 0 of the cascade, named ``"student"`` in ``llms``; None: LLMs only.
     """
 
     def __init__(
@@ -99,7 +147,11 @@ class ServingModel:
         classes: Sequence[str],
         calibrators: Sequence[Calibrator | dict[str, Any]],
         policy: CascadePolicy,
+        answer: str | Sequence[str] = "llm",
+        student: Any | None = None,
     ) -> None:
+        from ls_backend.student import NAME, EmbeddingStudent
+
         self.llms = tuple(str(m) for m in llms)
         self.classes = tuple(str(c) for c in classes)
         if len(self.llms) < 1 or len(set(self.llms)) != len(self.llms):
@@ -126,6 +178,19 @@ class ServingModel:
                 f"the policy's LLMs {list(policy.llms)} differ from the model's {list(self.llms)}"
             )
         self.policy = policy
+        self.answer = check_answer_rules(answer, len(self.llms))
+        self.student = EmbeddingStudent.from_dict(student) if isinstance(student, dict) else student
+        if (self.student is not None) != (self.llms[0] == NAME):
+            raise ValueError(f"a student must be member 0 of the cascade, named {NAME!r}, and only then")
+        if self.student is not None and self.student.n_classes != len(self.classes):
+            raise ValueError(
+                f"the student has {self.student.n_classes} classes, the model {len(self.classes)}"
+            )
+
+    @property
+    def llm_names(self) -> tuple[str, ...]:
+        """The members that are LLMs (every member but the student)."""
+        return self.llms[1:] if self.student is not None else self.llms
 
     @classmethod
     def out_of_task(
@@ -135,18 +200,34 @@ class ServingModel:
         calibrators: Sequence[Calibrator | dict[str, Any]] | None = None,
         policy: CascadePolicy | None = None,
         threshold: float = 0.8,
+        answer: str | Sequence[str] = "llm",
     ) -> ServingModel:
         """The model before any in-task label: out-of-task calibrators (default: none, the plain softmax) and a
         given policy (default: :func:`threshold_policy`)."""
         if calibrators is None:
             calibrators = [make_calibrator("none") for _ in llms]
-        return cls(llms, classes, calibrators, policy or threshold_policy(llms, classes, threshold))
+        return cls(llms, classes, calibrators, policy or threshold_policy(llms, classes, threshold), answer)
 
     # ---- scoring
 
     def calibrated_probabilities(self, k: int, logits: np.ndarray) -> np.ndarray:
         """LLM k's calibrated class probabilities (n, C)."""
         return np.clip(self.calibrators[k].predict_proba(logits), 0.0, 1.0)
+
+    def llm_answers_and_scores(
+        self, k: int, logits: np.ndarray, llm_answers: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """LLM k's answers under its rule, their calibrated scores and its calibrated probabilities (n, C)."""
+        probs = self.calibrated_probabilities(k, logits)
+        answers, scores = answers_and_scores(probs, llm_answers, self.answer[k])
+        return answers, scores, probs
+
+    def answers_and_scores(
+        self, logits: np.ndarray, llm_answers: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every LLM's answers and calibrated scores (L, n) on fully known outputs: logits (L, n, C), answers (L, n)
+        (what the policy is trained on)."""
+        return calibrated_answers(self.calibrators, logits, llm_answers, self.answer)
 
     def predict_staged(self, score_llm: LLMScoreFunction, n_items: int) -> ServedPredictions:
         """The cascade (Algorithm 2) asking LLM k only about the items that reach it; see :data:`LLMScoreFunction`."""
@@ -163,10 +244,10 @@ class ServingModel:
                     f"LLM {self.llms[k]!r} returned logits of shape {logits.shape} for {items.size} items and "
                     f"{n_classes} classes"
                 )
-            probs = self.calibrated_probabilities(k, logits)
+            answers, scores, probs = self.llm_answers_and_scores(k, logits, answers)
             probabilities[k, items] = probs
             spent[k, items] = np.asarray(costs, dtype=np.float64)
-            return answers, probs[np.arange(items.size), answers]
+            return answers, scores
 
         result = self.policy.predict_staged(answer_and_score, n_items)
         scores = self._final_scores(result, probabilities)
@@ -206,8 +287,12 @@ class ServingModel:
             if match:
                 scores[chosen] = probabilities[int(match.group(1)), chosen, predicted[chosen]]
             else:
-                asked = probabilities[:, chosen, predicted[chosen]]  # NaN where not asked
-                scores[chosen] = np.nanmean(asked, axis=0)
+                # the supporters: the LLMs asked that answered the final class (a vote always has one)
+                depth = result.depth[chosen]
+                asked = np.arange(len(self.llms))[:, None] < depth[None, :]
+                supports = asked & (result.answers[:, chosen] == predicted[chosen][None, :])
+                final = probabilities[:, chosen, predicted[chosen]]
+                scores[chosen] = np.where(supports, final, 0.0).sum(axis=0) / supports.sum(axis=0)
         return scores
 
     # ---- persistence
@@ -218,6 +303,8 @@ class ServingModel:
             "classes": list(self.classes),
             "calibrators": [c.to_dict() for c in self.calibrators],
             "policy": self.policy.to_dict(),
+            "answer": list(self.answer),
+            **({"student": self.student.to_dict()} if self.student is not None else {}),
         }
 
     @classmethod
@@ -225,7 +312,10 @@ class ServingModel:
         for key in ("llms", "classes", "calibrators", "policy"):
             if key not in d:
                 raise ValueError(f"model lacks {key!r}")
-        return cls(d["llms"], d["classes"], d["calibrators"], CascadePolicy.from_dict(d["policy"]))
+        # files written before answer rules existed served the LLMs' own answers
+        answer = d.get("answer", "llm")
+        policy = CascadePolicy.from_dict(d["policy"])
+        return cls(d["llms"], d["classes"], d["calibrators"], policy, answer, d.get("student"))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

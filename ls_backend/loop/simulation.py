@@ -1,6 +1,6 @@
 """A simulated Label Studio project for tests, benchmarks and demos: synthetic LLM outputs
 (:func:`ls_backend.synthetic.make_synthetic_scores`) behind a ``score_fn``, and webhook payloads shaped like the
-ones Label Studio 1.23.2 sends (captures in /work/shared/ls-protocol/captures/15..18)."""
+ones Label Studio 1.23.2 sends (the shared ls-protocol captures 15..18)."""
 
 from __future__ import annotations
 

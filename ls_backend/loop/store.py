@@ -12,6 +12,16 @@ is idempotent:
   project's classes) is kept with its ``ignored_reason``; it replaces an earlier labeled version of itself;
 - a payload that cannot be read is stored raw and recorded as ignored (``malformed``) with the error message.
 
+One event never costs another anything: concurrent webhooks are stored in one transaction (group commit), each
+inside its own savepoint, so an event that fails to apply (an id beyond 64 bits, a lone surrogate, a shape this
+module did not foresee) is rolled back alone and stored as ``ignored`` with the error as its reason. Only a
+failure of the database itself (disk, lock timeout) fails the batch.
+
+Stored copies are bounded: a raw payload longer than ``max_event_bytes`` and a task text longer than
+``max_text_chars`` are stored cut to that size, with the original's length and sha256 and a ``truncated`` flag
+(the label is read from the whole payload before the copy is cut). Lone surrogates (which UTF-8, and so SQLite,
+cannot hold) are stored as U+FFFD.
+
 Why a label was asked for is recorded separately (:meth:`LabelStore.mark_requests`): the backend marks tasks it
 sends to humans as a ``calibration`` sample (with each task's inclusion probability) or for ``review``; a label
 on a task with no mark is the ``annotator``'s own choice; an annotation the backend made itself from a confident
@@ -23,9 +33,11 @@ Connections: one per thread and process (SQLite connections must not cross a for
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -46,9 +58,12 @@ from ls_backend.loop.events import (
     MalformedEvent,
     annotation_record,
     deleted_ids,
+    exceeds_depth,
+    label_studio_id,
     labeling_config_of,
     project_id_of,
     task_text,
+    text_may_exceed_depth,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,6 +71,14 @@ logger = logging.getLogger(__name__)
 LabelSource = Literal["calibration", "review", "annotator", "auto"]
 LABEL_SOURCES: tuple[LabelSource, ...] = ("calibration", "review", "annotator", "auto")
 RequestReason = Literal["calibration", "review"]
+
+MAX_TEXT_CHARS = 100_000
+"""Default cut of a stored task text (the prompt reads at most ``max_text_chars`` = 2,000 of them anyway)."""
+MAX_EVENT_BYTES = 1 << 20
+"""Default cut of a stored raw webhook payload (Label Studio's are a few kB)."""
+MAX_JSON_DEPTH = 100
+"""Default deepest nesting of lists and objects a payload may have (Label Studio's nest about 6 deep)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -66,7 +89,10 @@ CREATE TABLE IF NOT EXISTS events (
     received_at REAL NOT NULL,
     payload TEXT NOT NULL,
     outcome TEXT,
-    reason TEXT
+    reason TEXT,
+    payload_bytes INTEGER,
+    payload_sha256 TEXT,
+    payload_truncated INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_project ON events(project, outcome);
 CREATE TABLE IF NOT EXISTS annotations (
@@ -89,6 +115,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     project INTEGER NOT NULL,
     task_id INTEGER NOT NULL,
     text TEXT,
+    text_chars INTEGER,
+    text_sha256 TEXT,
+    text_truncated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (project, task_id)
 );
 CREATE TABLE IF NOT EXISTS requests (
@@ -124,6 +153,50 @@ CREATE TABLE IF NOT EXISTS projects (
     from_name TEXT
 );
 """
+# columns added after the first release: (table, column, declaration), added to older files when opened
+ADDED_COLUMNS = (
+    ("events", "payload_bytes", "INTEGER"),
+    ("events", "payload_sha256", "TEXT"),
+    ("events", "payload_truncated", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "text_chars", "INTEGER"),
+    ("tasks", "text_sha256", "TEXT"),
+    ("tasks", "text_truncated", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+@dataclass(frozen=True)
+class StoredText:
+    """What the store keeps of a text: the copy (cut to a limit, lone surrogates as U+FFFD), and the original's
+    length (characters, or bytes for raw payloads) and sha256 (of its UTF-8 bytes, surrogates passed through)."""
+
+    text: str
+    length: int
+    sha256: str
+    truncated: bool
+
+
+def stored_text(text: str, max_chars: int) -> StoredText:
+    """The stored copy of a task text: at most ``max_chars`` characters."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    copy = _SURROGATE.sub("\ufffd", text[:max_chars])
+    return StoredText(copy, len(text), digest, len(text) > max_chars)
+
+
+def stored_payload(raw: bytes | str, max_bytes: int) -> StoredText:
+    """The stored copy of a raw payload: at most ``max_bytes`` bytes of UTF-8 (cut at a character boundary;
+    undecodable bytes and lone surrogates as U+FFFD)."""
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(data).hexdigest()
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else _SURROGATE.sub("\ufffd", raw)
+    encoded = text.encode("utf-8")
+    if len(encoded) > max_bytes:
+        text = encoded[:max_bytes].decode("utf-8", "ignore")
+    return StoredText(text, len(data), digest, len(encoded) > max_bytes or len(data) > max_bytes)
+
+
+def _storable(text: str, limit: int = 1000) -> str:
+    """A short field (action, reason) as SQLite can store it."""
+    return _SURROGATE.sub("\ufffd", text[:limit])
 
 
 @dataclass(frozen=True)
@@ -138,6 +211,7 @@ class EventOutcome:
             ``acknowledged`` (an action the loop does not use, e.g. PROJECT_UPDATED).
         reason: why it was ignored (see :data:`ls_backend.loop.events.IGNORE_REASONS`) or a note.
         seconds: time spent storing and applying it.
+        body: the parsed payload (None when it could not be read), so the caller need not parse it again.
     """
 
     event_id: int
@@ -146,6 +220,7 @@ class EventOutcome:
     outcome: str
     reason: str | None = None
     seconds: float = 0.0
+    body: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def retrain_requested(self) -> bool:
@@ -221,17 +296,38 @@ class LabelStore:
         synchronous: SQLite's ``synchronous`` pragma: ``FULL`` (default) makes each acknowledged event survive a
             power cut; ``NORMAL`` survives a crash of the process only, and is faster.
         busy_timeout_ms: how long a writer waits for another one.
+        max_text_chars: a task text longer than this is stored cut to it (with its length and sha256).
+        max_event_bytes: a raw payload longer than this (UTF-8 bytes) is stored cut to it (with its size and
+            sha256); the event is applied from the whole payload.
+        max_json_depth: a payload nested deeper than this is stored as ignored (``malformed``).
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], synchronous: str = "FULL", busy_timeout_ms: int = 10_000
+        self,
+        path: str | os.PathLike[str],
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        *,
+        max_text_chars: int = MAX_TEXT_CHARS,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_json_depth: int = MAX_JSON_DEPTH,
     ):
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+        for name, value in (
+            ("max_text_chars", max_text_chars),
+            ("max_event_bytes", max_event_bytes),
+            ("max_json_depth", max_json_depth),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = int(busy_timeout_ms)
+        self.max_text_chars = max_text_chars
+        self.max_event_bytes = max_event_bytes
+        self.max_json_depth = max_json_depth
         self._local = threading.local()
         # Threads of one process queue here instead of in SQLite's busy handler, whose sleeps (up to 100 ms
         # each) let 200 waiting writers starve each other for seconds; other processes still wait in SQLite.
@@ -240,6 +336,20 @@ class LabelStore:
         self._pending: list[_PendingEvent] = []
         self._configs: dict[int, LabelingConfig] = {}
         self._connection().executescript(SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Bring a file made by an older version up to the current schema (columns are only ever added)."""
+        conn = self._connection()
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column in present:
+                continue
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            except sqlite3.OperationalError as e:  # another process added it first
+                if "duplicate column" not in str(e):
+                    raise
 
     # ---- connections
 
@@ -272,6 +382,7 @@ class LabelStore:
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
+                self._configs.clear()  # what the transaction remembered is gone with it
                 raise
             conn.execute("COMMIT")
 
@@ -285,11 +396,13 @@ class LabelStore:
         :meth:`catch_up` recovers it).
         """
         started = time.perf_counter()
-        raw, body, parse_error = _decode_payload(payload)
+        raw, body, parse_error = _decode_payload(payload, self.max_json_depth)
         action = body.get("action") if isinstance(body, Mapping) else None
         action = action if isinstance(action, str) else None
         project = project_id_of(body) if isinstance(body, Mapping) else None
-        item = _PendingEvent(raw, body, parse_error, action, project, origin)
+        item = _PendingEvent(
+            stored_payload(raw, self.max_event_bytes), body, parse_error, action, project, origin
+        )
         # Group commit: whoever holds the write lock stores every event queued so far in one transaction (one
         # fsync); a thread whose event a previous holder stored returns at once.
         with self._pending_lock:
@@ -302,34 +415,63 @@ class LabelStore:
         if item.error is not None:
             raise item.error
         assert item.event_id is not None and item.outcome is not None
+        parsed = body if item.parse_error is None and isinstance(body, Mapping) else None
         return EventOutcome(
-            item.event_id, action, project, item.outcome, item.reason, time.perf_counter() - started
+            item.event_id, action, project, item.outcome, item.reason, time.perf_counter() - started, parsed
         )
 
     def _store_batch(self, batch: list[_PendingEvent]) -> None:
-        """Insert and apply queued events in one transaction (the caller holds the write lock)."""
+        """Insert and apply queued events in one transaction (the caller holds the write lock); each event in a
+        savepoint of its own, so that one that fails is stored as ignored and costs the others nothing."""
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for item in batch:
-                    self._store_one(conn, item)
+                    self._store_isolated(conn, item)
             except BaseException:
                 conn.execute("ROLLBACK")
+                self._configs.clear()
                 raise
             conn.execute("COMMIT")
-        except Exception as e:
+        except Exception as e:  # the database itself failed: no event of the batch is stored
             for item in batch:
                 item.error, item.event_id, item.outcome = e, None, None
         for item in batch:
             item.done = True
 
-    def _store_one(self, db: sqlite3.Connection, item: _PendingEvent) -> None:
+    def _store_isolated(self, db: sqlite3.Connection, item: _PendingEvent) -> None:
+        db.execute("SAVEPOINT event")
+        try:
+            self._store_one(db, item)
+        except Exception as e:
+            db.execute("ROLLBACK TO event")
+            self._configs.clear()
+            if _database_failure(e):
+                raise
+            logger.warning("event %s could not be applied and is stored as ignored: %r", item.action, e)
+            try:
+                self._store_refused(db, item, f"malformed: {type(e).__name__}: {e}")
+            except Exception as refused:
+                db.execute("ROLLBACK TO event")
+                if _database_failure(refused):
+                    raise
+                item.error, item.event_id, item.outcome = refused, None, None
+        db.execute("RELEASE event")
+
+    def _insert_event(self, db: sqlite3.Connection, item: _PendingEvent, project: int | None) -> int:
+        stored = item.stored
+        action = None if item.action is None else _storable(item.action)
         cursor = db.execute(
-            "INSERT INTO events (project, action, origin, received_at, payload) VALUES (?, ?, ?, ?, ?)",
-            (item.project, item.action, item.origin, time.time(), item.raw),
-        )
-        event_id = int(cursor.lastrowid or 0)
+            "INSERT INTO events (project, action, origin, received_at, payload, payload_bytes, payload_sha256, "
+            "payload_truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (project, action, item.origin, time.time(), stored.text, stored.length, stored.sha256,
+             int(stored.truncated)),
+        )  # fmt: skip
+        return int(cursor.lastrowid or 0)
+
+    def _store_one(self, db: sqlite3.Connection, item: _PendingEvent) -> None:
+        event_id = self._insert_event(db, item, item.project)
         outcome: str
         reason: str | None
         if item.parse_error is not None:
@@ -340,8 +482,16 @@ class LabelStore:
                 outcome, reason = self._apply(db, event_id, item.project, item.action, item.body)
             except MalformedEvent as e:
                 outcome, reason = "ignored", f"malformed: {e}"
+        reason = None if reason is None else _storable(reason)
         db.execute("UPDATE events SET outcome = ?, reason = ? WHERE id = ?", (outcome, reason, event_id))
         item.event_id, item.outcome, item.reason = event_id, outcome, reason
+
+    def _store_refused(self, db: sqlite3.Connection, item: _PendingEvent, reason: str) -> None:
+        """Store an event that failed to apply: its raw payload, outcome ``ignored`` and the error as reason."""
+        event_id = self._insert_event(db, item, item.project)
+        reason = _storable(reason)
+        db.execute("UPDATE events SET outcome = 'ignored', reason = ? WHERE id = ?", (reason, event_id))
+        item.event_id, item.outcome, item.reason = event_id, "ignored", reason
 
     def _apply(
         self, db: sqlite3.Connection, event_id: int, project: int | None, action: str | None, body: Mapping
@@ -363,10 +513,7 @@ class LabelStore:
         record = annotation_record(body.get("annotation"), config)
         text = task_text(body.get("task"), config)
         if text is not None:
-            db.execute(
-                "INSERT OR REPLACE INTO tasks (project, task_id, text) VALUES (?, ?, ?)",
-                (project, record.task_id, text),
-            )
+            self._put_texts(db, project, [(record.task_id, text)])
         result = self._upsert(db, project, record, event_id)
         if result in ("created", "updated"):
             return "applied", record.ignored_reason
@@ -454,17 +601,24 @@ class LabelStore:
             for item in items:
                 try:
                     record = annotation_record(item, config)
+                    db.execute("SAVEPOINT annotation")  # one annotation that fails to apply costs no other
+                    try:
+                        change = self._upsert(db, project, record, seq)
+                    except Exception as e:
+                        db.execute("ROLLBACK TO annotation")
+                        db.execute("RELEASE annotation")
+                        if _database_failure(e):
+                            raise
+                        raise MalformedEvent(f"{type(e).__name__}: {e}") from e
+                    db.execute("RELEASE annotation")
                 except MalformedEvent as e:
                     malformed += 1
                     logger.warning("catch-up of project %s: skipped an annotation: %s", project, e)
                     continue
                 seen.add(record.annotation_id)
-                counts[self._upsert(db, project, record, seq)] += 1
+                counts[change] += 1
             if texts:
-                db.executemany(
-                    "INSERT OR REPLACE INTO tasks (project, task_id, text) VALUES (?, ?, ?)",
-                    [(project, int(t), s) for t, s in texts.items() if isinstance(s, str)],
-                )
+                self._put_texts(db, project, [(t, s) for t, s in texts.items() if isinstance(s, str)])
             tombstoned = 0
             if complete:
                 live = db.execute(
@@ -506,12 +660,42 @@ class LabelStore:
             self._remember_config(db, project, config)
 
     def set_texts(self, project: int, texts: Mapping[int, str]) -> None:
-        """Remember task texts (e.g. those the server predicted), so that labels can be scored when training."""
+        """Remember task texts (e.g. those the server predicted), so that labels can be scored when training.
+        A task id that is no Label Studio id, or a text that is not a string, is skipped (and logged)."""
         with self._transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO tasks (project, task_id, text) VALUES (?, ?, ?)",
-                [(project, int(t), s) for t, s in texts.items()],
+            self._put_texts(db, project, list(texts.items()))
+
+    def _put_texts(self, db: sqlite3.Connection, project: int, items: Sequence[tuple[Any, Any]]) -> None:
+        rows = []
+        for task_id, text in items:
+            checked = label_studio_id(task_id)
+            if checked is None or not isinstance(text, str):
+                logger.warning(
+                    "project %s: task %r: no text stored (not an id or not a text)", project, task_id
+                )
+                continue
+            copy = stored_text(text, self.max_text_chars)
+            rows.append((project, checked, copy.text, copy.length, copy.sha256, int(copy.truncated)))
+        db.executemany(
+            "INSERT OR REPLACE INTO tasks (project, task_id, text, text_chars, text_sha256, text_truncated) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def task_record(self, project: int, task_id: int) -> dict[str, Any] | None:
+        """The stored text of a task with the original's length (characters) and sha256, and whether the stored
+        copy was cut (None when the store has no text of it)."""
+        row = (
+            self._connection()
+            .execute(
+                "SELECT text, text_chars, text_sha256, text_truncated FROM tasks WHERE project = ? AND task_id = ?",
+                (project, task_id),
             )
+            .fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return {"text": row[0], "chars": row[1], "sha256": row[2], "truncated": bool(row[3])}
 
     # ---- the served predictions (for routing and band counts)
 
@@ -522,17 +706,26 @@ class LabelStore:
         scores: Sequence[float | None] | np.ndarray,
         model_version: str | None = None,
     ) -> None:
-        """Remember each task's latest served score (None: no prediction), replacing the previous one."""
-        ids = [int(t) for t in task_ids]
+        """Remember each task's latest served score (None: no prediction), replacing the previous one. A task id
+        that is no Label Studio id is skipped (and logged)."""
         values = [None if s is None or not np.isfinite(s) else float(s) for s in scores]
-        if len(values) != len(ids):
-            raise ValueError(f"got {len(values)} scores for {len(ids)} tasks")
+        if len(values) != len(task_ids):
+            raise ValueError(f"got {len(values)} scores for {len(task_ids)} tasks")
+        rows = []
         now = time.time()
+        for task_id, score in zip(task_ids, values, strict=True):
+            checked = label_studio_id(int(task_id) if isinstance(task_id, np.integer) else task_id)
+            if checked is None:
+                logger.warning(
+                    "project %s: task %r: no score stored (not a Label Studio id)", project, task_id
+                )
+                continue
+            rows.append((project, checked, score, model_version, now))
         with self._transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO predictions (project, task_id, score, model_version, predicted_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(project, t, s, model_version, now) for t, s in zip(ids, values, strict=True)],
+                rows,
             )
 
     def predicted_scores(self, project: int, unlabeled_only: bool = False) -> dict[int, float | None]:
@@ -764,24 +957,32 @@ class LabelStore:
             "requested": {str(k): int(v) for k, v in requested.items()},
         }
 
-    def events(self, project: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest stored events (newest first), without their payloads."""
+    def events(
+        self, project: int | None = None, limit: int = 100, payloads: bool = False
+    ) -> list[dict[str, Any]]:
+        """The latest stored events (newest first), with their stored payloads' size (bytes), sha256 and whether
+        the stored copy was cut; with ``payloads``, the stored payload too."""
         conn = self._connection()
-        query = "SELECT id, project, action, origin, received_at, outcome, reason FROM events"
+        columns = "id, project, action, origin, received_at, outcome, reason, payload_bytes, payload_sha256"
+        columns += ", payload_truncated" + (", payload" if payloads else "")
+        query = f"SELECT {columns} FROM events"
         args: tuple[Any, ...] = ()
         if project is not None:
             query += " WHERE project = ?"
             args = (project,)
         cursor = conn.execute(query + " ORDER BY id DESC LIMIT ?", (*args, int(limit)))
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        for row in rows:
+            row["payload_truncated"] = bool(row["payload_truncated"])
+        return rows
 
 
 @dataclass
 class _PendingEvent:
     """A webhook waiting for the group commit, and what storing it gave."""
 
-    raw: str
+    stored: StoredText
     body: Any
     parse_error: str | None
     action: str | None
@@ -794,29 +995,50 @@ class _PendingEvent:
     error: Exception | None = None
 
 
-def _decode_payload(payload: Any) -> tuple[str, Any, str | None]:
-    """(raw text to store, parsed body, parse error or None)."""
-    if isinstance(payload, bytes | bytearray):
-        raw = bytes(payload).decode("utf-8", errors="replace")
-    elif isinstance(payload, str):
-        raw = payload
-    else:
-        try:
-            return (
-                json.dumps(payload, ensure_ascii=False),
-                payload,
-                (
-                    None
-                    if isinstance(payload, Mapping)
-                    else f"the payload is a {type(payload).__name__}, not an object"
-                ),
-            )
-        except (TypeError, ValueError) as e:
-            return repr(payload), None, f"the payload is not JSON-serializable: {e}"
+def _database_failure(error: BaseException) -> bool:
+    """Whether an error is the database's own (disk, lock timeout, corruption), not one event's data."""
+    return (
+        isinstance(error, sqlite3.OperationalError | sqlite3.InternalError)
+        or type(error) is sqlite3.DatabaseError
+    )
+
+
+def _decode_payload(payload: Any, max_depth: int = MAX_JSON_DEPTH) -> tuple[bytes | str, Any, str | None]:
+    """(raw payload to store, parsed body, parse error or None); total: never raises."""
     try:
-        body = json.loads(raw)
+        return _decode(payload, max_depth)
+    except Exception as e:  # an input shape nobody foresaw is one malformed event, not a failed request
+        return repr(type(payload)), None, f"unreadable payload: {type(e).__name__}: {e}"
+
+
+def _decode(payload: Any, max_depth: int) -> tuple[bytes | str, Any, str | None]:
+    too_deep = f"nested deeper than {max_depth} levels"
+    if isinstance(payload, bytes | bytearray):
+        raw: bytes | str = bytes(payload)
+        text = bytes(payload).decode("utf-8", errors="replace")
+    elif isinstance(payload, str):
+        raw = text = payload
+    else:
+        if exceeds_depth(payload, max_depth):
+            return f"<a {type(payload).__name__} {too_deep}>", None, too_deep
+        try:
+            dumped = json.dumps(payload, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            return repr(type(payload)), None, f"the payload is not JSON-serializable: {e}"
+        error = (
+            None
+            if isinstance(payload, Mapping)
+            else f"the payload is a {type(payload).__name__}, not an object"
+        )
+        return dumped, payload, error
+    try:
+        body = json.loads(text)
     except json.JSONDecodeError as e:
         return raw, None, f"not JSON: {e}"
+    except RecursionError:
+        return raw, None, too_deep
     if not isinstance(body, Mapping):
         return raw, None, f"the payload is a JSON {type(body).__name__}, not an object"
+    if text_may_exceed_depth(text, max_depth) and exceeds_depth(body, max_depth):
+        return raw, None, too_deep
     return raw, body, None

@@ -29,18 +29,23 @@ from typing import Any
 
 import numpy as np
 
-from ls_backend.calibration import Calibrator, make_calibrator
-from ls_backend.ensemble.bins import quantile_edges
-from ls_backend.ensemble.policy import train_policy
-from ls_backend.loop.model import ServingModel, evaluate
+from ls_backend.calibration import BiasCorrection, Calibrator, CorrectedCalibrator, make_calibrator
+from ls_backend.loop.fitting import InTaskSettings, fit_in_task_model
+from ls_backend.loop.model import ServingModel, check_answer_rules, evaluate, reliability_bins, weighted_ace
 from ls_backend.loop.store import LabelStore
 from ls_backend.loop.versions import ModelVersion, VersionStore, utc_now
 from ls_backend.loop.weighting import ReviewUse, calibration_weights
+from ls_backend.student import NAME as STUDENT
+from ls_backend.student import EmbeddingStudent
 
 logger = logging.getLogger(__name__)
 
 ScoreTexts = Callable[[int, list[str]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """``score_fn(llm_index, texts) -> (answers (n,), class logits (n, C), costs (n,))``, classes in the model's order."""
+
+TuneEdges = Callable[..., Any]
+"""Tunes bin edges: :func:`ls_backend.ensemble.tuning.tune_bin_edges`'s signature, a result with ``edges``,
+``n_trials`` and ``best_value`` (:func:`ls_backend.loop.tuning.tune_in_subprocess` runs it in another process)."""
 
 
 @dataclass
@@ -65,6 +70,14 @@ class LoopConfig:
             and held-out ACE <= serving's + ace_tolerance.
         retrain_every: a retrain is due after this many label changes since the latest version (0: never).
         seed: seed of the splits and the tuner.
+        answer: the answer rule of the candidate's LLMs (``llm`` or ``calibrated``; None: the serving version's).
+        cv_folds: with fewer held-out labels than ``min_holdout_labels`` but at least that many labels in all,
+            candidate and serving version are compared by ``cv_folds``-fold cross-validation over every label and
+            the candidate is then fitted on all of them (0: never; such a retrain cannot compare).
+        student: fit the student (``ls_backend.student``: logistic regression on sentence embeddings of the
+            labeled texts) as the candidate's member 0 when the server gives the retrain an ``embed_fn``.
+        student_min_labels: fewer training labels than this (or a single class): no student.
+        student_c: the student's inverse L2 strength.
     """
 
     calibrator: str = "ST"
@@ -84,18 +97,35 @@ class LoopConfig:
     ace_tolerance: float = 0.01
     retrain_every: int = 50
     seed: int = 0
+    answer: str | None = None
+    cv_folds: int = 5
+    student: bool = True
+    student_min_labels: int = 20
+    student_c: float = 1.0
 
     def __post_init__(self) -> None:
         make_calibrator(self.calibrator)
+        if self.answer is not None:
+            check_answer_rules(self.answer, 1)
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.n_bins < 2 or self.n_trials < 1 or self.n_splits < 1:
             raise ValueError("n_bins must be >= 2, n_trials and n_splits >= 1")
         if self.retrain_every < 0:
             raise ValueError(f"retrain_every must be >= 0, got {self.retrain_every}")
+        if self.cv_folds < 0 or self.cv_folds == 1:
+            raise ValueError(f"cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def in_task_settings(self) -> InTaskSettings:
+        """What :func:`ls_backend.loop.fitting.fit_in_task_model` takes from these settings."""
+        return InTaskSettings(
+            calibrator=self.calibrator, n_bins=self.n_bins, min_tuning_labels=self.min_tuning_labels,
+            n_trials=self.n_trials, n_splits=self.n_splits, seed=self.seed, lam=self.lam,
+            tuning_timeout_s=self.tuning_timeout_s,
+        )  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoopConfig:
@@ -166,6 +196,16 @@ def lock_is_free(path: str | os.PathLike[str]) -> bool:
 
 def holdout_mask(task_ids: np.ndarray, fraction: float, salt: str) -> np.ndarray:
     """Stable held-out tasks: the splitmix64 hash of (task id, salt) mapped to [0, 1) falls under ``fraction``."""
+    return stable_unit(task_ids, salt) < fraction
+
+
+def cv_folds(task_ids: np.ndarray, n_folds: int, salt: str) -> np.ndarray:
+    """A stable fold in ``[0, n_folds)`` per task, from the same hash as :func:`holdout_mask`."""
+    return np.minimum((stable_unit(task_ids, salt) * n_folds).astype(np.int64), n_folds - 1)
+
+
+def stable_unit(task_ids: np.ndarray, salt: str) -> np.ndarray:
+    """The splitmix64 hash of (task id, salt) mapped to [0, 1): the same number for a task in every retrain."""
     salt_value = np.uint64(int.from_bytes(salt.encode("utf-8")[:8].ljust(8, b"\0"), "little"))
     with np.errstate(over="ignore"):
         z = np.asarray(task_ids, dtype=np.int64).astype(np.uint64) ^ salt_value
@@ -173,17 +213,12 @@ def holdout_mask(task_ids: np.ndarray, fraction: float, salt: str) -> np.ndarray
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(2**53) < fraction
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
-def fit_calibrators(
-    name: str, logits: np.ndarray, labels: np.ndarray, weights: np.ndarray
-) -> list[Calibrator]:
-    """One calibrator per LLM, fitted on the items with weight > 0: logits (L, n, C), labels (n,), weights (n,)."""
-    use = weights > 0
-    return [
-        make_calibrator(name).fit(logits[k][use], labels[use], weights[use]) for k in range(logits.shape[0])
-    ]
+def correction_of(calibrator: Calibrator) -> BiasCorrection | None:
+    """The label-free correction in front of a served calibrator (None: it has none); a retrain keeps it."""
+    return calibrator.correction if isinstance(calibrator, CorrectedCalibrator) else None
 
 
 def _status_file(versions: VersionStore) -> Path:
@@ -241,10 +276,16 @@ def retrain(
     trigger: str = "admin",
     lock_timeout_s: float = 0.0,
     force: bool = False,
+    tune: TuneEdges | None = None,
+    embed_fn: EmbedTexts | None = None,
 ) -> RetrainResult:
     """Refit the calibrators and retrain the policy on the project's labels; promote the candidate if it is not
     worse than the serving version on held-out labels. Returns at once with ``busy`` if another retrain holds
     the lock for ``lock_timeout_s``; ``skipped`` if no label changed since the latest version (unless ``force``).
+    ``tune``: what tunes the bin edges (default: :func:`ls_backend.ensemble.tuning.tune_bin_edges` in this
+    thread; the server passes :func:`ls_backend.loop.tuning.tune_in_subprocess`). ``embed_fn`` embeds texts for the
+    student (see :data:`EmbedTexts`); without it the candidate has no student, and a serving version that has one
+    cannot be evaluated (the retrain fails).
     """
     config = config or LoopConfig()
     started = time.perf_counter()
@@ -252,7 +293,9 @@ def retrain(
         if not acquired:
             return RetrainResult("busy", reason="another retrain of this project is running")
         try:
-            result = _retrain_locked(project, store, versions, score_fn, config, trigger, force)
+            result = _retrain_locked(
+                project, store, versions, score_fn, config, trigger, force, tune, embed_fn
+            )
         except Exception as e:
             logger.exception("retrain of project %s failed", project)
             _write_status(versions, stage="failed", error=str(e))
@@ -271,6 +314,8 @@ def _retrain_locked(
     config: LoopConfig,
     trigger: str,
     force: bool,
+    tune: TuneEdges | None = None,
+    embed_fn: EmbedTexts | None = None,
 ) -> RetrainResult:
     timings: dict[str, float] = {}
     tick = time.perf_counter()
@@ -306,15 +351,33 @@ def _retrain_locked(
     tick = time.perf_counter()
     _write_status(versions, stage="scoring", n_items=len(data))
     texts = [str(t) for t in data.texts]
-    outputs = [score_fn(k, texts) for k in range(len(model.llms))]
+    llm_names = model.llm_names
+    outputs = [score_fn(k, texts) for k in range(len(llm_names))]
     answers = np.stack([np.asarray(o[0], dtype=np.int64) for o in outputs])
     logits = np.stack([np.asarray(o[1], dtype=np.float64) for o in outputs])
     costs = np.stack([np.asarray(o[2], dtype=np.float64) for o in outputs])
-    if logits.shape != (len(model.llms), len(data), len(model.classes)):
+    if logits.shape != (len(llm_names), len(data), len(model.classes)):
         raise ValueError(
             f"score_fn returned logits of shape {logits.shape[1:]} per LLM, expected {(len(data), len(model.classes))}"
         )
+    vectors: np.ndarray | None = None
+    embed_costs: np.ndarray = np.zeros(len(data))
+    if embed_fn is not None and (config.student or model.student is not None):
+        embedded, seconds = embed_fn(texts)
+        vectors, embed_costs = np.asarray(embedded, dtype=np.float64), np.asarray(seconds, dtype=np.float64)
+    elif model.student is not None:
+        raise ValueError("the serving version has a student: the retrain needs embed_fn to evaluate it")
+    members = _Members(logits, answers, costs, vectors, embed_costs)
     timings["scoring"] = time.perf_counter() - tick
+
+    cross_validate = (
+        n_holdout < config.min_holdout_labels
+        and config.cv_folds >= 2
+        and len(data) >= config.min_holdout_labels
+    )
+    if cross_validate:  # few labels: every label trains the candidate, the guard comes from cross-validation
+        held_out = np.zeros(len(data), dtype=bool)
+        n_train, n_holdout = len(data), 0
 
     tick = time.perf_counter()
     _write_status(versions, stage="calibrating")
@@ -327,67 +390,75 @@ def _retrain_locked(
     # The held-out ACE must estimate the whole task: review labels (a census of the low band) never count there.
     evaluation_weights = calibration_weights(data.sources, data.inclusion_probabilities, "exclude")
     n_calibration = int((train_weights > 0).sum())
+    llm_calibrators = model.calibrators[1:] if model.student is not None else model.calibrators
+    llm_rules = model.answer[1:] if model.student is not None else model.answer
+    corrections = [correction_of(c) for c in llm_calibrators]
+    calibrators: list[Calibrator] | None = None
     if n_calibration >= config.min_calibration_labels:
-        calibrators = fit_calibrators(config.calibrator, logits, labels, train_weights)
         calibration_note = f"{config.calibrator} fitted on {n_calibration} labels"
     else:
-        calibrators = model.calibrators
+        calibrators = list(llm_calibrators)
         calibration_note = f"kept the serving calibrators ({n_calibration} calibration labels < {config.min_calibration_labels})"
-    candidate_scores = np.stack(
-        [
-            np.clip(calibrators[k].predict_proba(logits[k])[np.arange(len(data)), answers[k]], 0.0, 1.0)
-            for k in range(len(model.llms))
-        ]
-    )
     timings["calibration"] = time.perf_counter() - tick
+
+    def fit(rows: np.ndarray) -> Any:
+        student = None
+        if (
+            vectors is not None and config.student and calibrators is None
+            and rows.sum() >= config.student_min_labels and np.unique(labels[rows]).size >= 2
+        ):  # fmt: skip
+            student = EmbeddingStudent(len(model.classes), C=config.student_c, seed=config.seed)
+            student.fit(vectors[rows], labels[rows])
+        fit_logits, fit_answers, fit_costs = members.training(rows, student)
+        return fit_in_task_model(
+            members.names(llm_names, student), model.classes, fit_logits, fit_answers, labels[rows], fit_costs,
+            # a student answers with its own decision (its argmax); each LLM keeps the loop's or the serving rule
+            ([None] if student else []) + corrections,
+            (["llm"] if student else []) + list(check_answer_rules(config.answer or llm_rules, len(llm_names))),
+            config.in_task_settings(),
+            calibration_weights=train_weights[rows], calibrators=calibrators, tune=tune, student=student,
+        )  # fmt: skip
 
     tick = time.perf_counter()
     _write_status(versions, stage="tuning", n_train=n_train, n_trials=config.n_trials)
+    fitted = fit(train)
+    candidate, edges, tuning = fitted.model, fitted.edges, _clean(fitted.tuning)
+    policy = candidate.policy
     train_answers, train_scores, train_labels, train_costs = (
-        answers[:, train], candidate_scores[:, train], labels[train], costs[:, train],
+        fitted.answers, fitted.scores, labels[train], members.training(train, candidate.student)[2],
     )  # fmt: skip
-    if n_train >= config.min_tuning_labels:
-        from ls_backend.ensemble.tuning import tune_bin_edges
-
-        tuned = tune_bin_edges(
-            train_answers, train_scores, train_labels, costs=train_costs, n_bins=config.n_bins,
-            n_trials=config.n_trials, n_splits=config.n_splits, seed=config.seed, lam=config.lam,
-            n_classes=len(model.classes), timeout=config.tuning_timeout_s,
-        )  # fmt: skip
-        edges, tuning = tuned.edges, {"n_trials": tuned.n_trials, "best_f1": tuned.best_value}
-    else:
-        bins = max(2, min(config.n_bins, n_train // 20))
-        edges = [quantile_edges(train_scores[k], bins) for k in range(len(model.llms))]
-        tuning = {"n_trials": 0, "equal_frequency_bins": bins}
     timings["tuning"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    _write_status(versions, stage="training policy")
-    policy = train_policy(
-        train_answers, train_scores, train_labels, edges, costs=train_costs, lam=config.lam,
-        n_classes=len(model.classes), llms=model.llms, classes=model.classes,
-        calibrators=[c.to_dict() for c in calibrators], metadata={"tuning": _clean(tuning)},
-    )  # fmt: skip
-    candidate = ServingModel(model.llms, model.classes, calibrators, policy)
-    timings["policy"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     _write_status(versions, stage="evaluating", n_holdout=n_holdout)
     evaluation: dict[str, Any] = {"n_holdout": n_holdout, "serving_version": serving.name}
-    if n_holdout:
-        h = held_out
-        held = (logits[:, h], answers[:, h], costs[:, h], labels[h], evaluation_weights[h])
-        evaluation["candidate"] = evaluate(candidate, *held)
-        evaluation["serving"] = evaluate(model, *held)
-    if n_holdout < config.min_holdout_labels:
-        promote, reason = (
-            False,
-            f"{n_holdout} held-out labels < min_holdout_labels {config.min_holdout_labels}: cannot compare",
-        )
-    else:
+    if cross_validate:
+        folds = cv_folds(data.task_ids, config.cv_folds, salt=f"{project}")
+        evaluation["guard"] = f"{config.cv_folds}-fold cross-validation over {len(data)} labels"
+        every = np.ones(len(data), dtype=bool)
+        evaluation["candidate"] = _cross_validated(fit, folds, members, labels, evaluation_weights)
+        evaluation["serving"] = evaluate(model, *members.serving(every, model), labels, evaluation_weights)
         promote, reason = _not_worse(evaluation["candidate"], evaluation["serving"], config)
-        if not promote:
-            reason = "worse than the serving version: " + reason
+        reason = ("" if promote else "worse than the serving version: ") + reason + " (cross-validated)"
+    else:
+        evaluation["guard"] = "held-out labels"
+        if n_holdout:
+            h = held_out
+            evaluation["candidate"] = evaluate(
+                candidate, *members.serving(h, candidate), labels[h], evaluation_weights[h]
+            )
+            evaluation["serving"] = evaluate(
+                model, *members.serving(h, model), labels[h], evaluation_weights[h]
+            )
+        if n_holdout < config.min_holdout_labels:
+            promote, reason = (
+                False,
+                f"{n_holdout} held-out labels < min_holdout_labels {config.min_holdout_labels}: cannot compare",
+            )
+        else:
+            promote, reason = _not_worse(evaluation["candidate"], evaluation["serving"], config)
+            if not promote:
+                reason = "worse than the serving version: " + reason
     evaluation["decision"] = "promoted" if promote else "rejected"
     evaluation["reason"] = reason
     timings["evaluation"] = time.perf_counter() - tick
@@ -429,8 +500,13 @@ def _retrain_locked(
         )
         metrics["frontier"] = _holdout_frontier(
             train_answers, train_scores, train_labels, train_costs, edges, candidate,
-            logits[:, held_out], answers[:, held_out], costs[:, held_out], labels[held_out],
+            *members.serving(held_out, candidate), labels[held_out],
         )  # fmt: skip
+    if candidate.student is not None:
+        metrics["student"] = {
+            "n_labels": candidate.student.n_labels_,
+            "temperature": candidate.student.calibrator_.a_,
+        }
     _write_status(versions, stage="saving")
     version = versions.save(
         candidate, status="promoted" if promote else "rejected", parent=serving.name, trigger=trigger,
@@ -445,6 +521,86 @@ def _retrain_locked(
     return RetrainResult(
         evaluation["decision"], version.name, reason, evaluation=_clean(evaluation), timings=timings
     )
+
+
+EmbedTexts = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+"""``embed_fn(texts) -> (embeddings (n, d), seconds per text (n,))``: the student's input and its cost."""
+
+
+@dataclass
+class _Members:
+    """The labeled texts' outputs: each LLM's (L, n, C) logits, (L, n) answers and costs, and the embeddings
+    (n, d) with their costs (n,) for a student (None: no embed_fn)."""
+
+    logits: np.ndarray
+    answers: np.ndarray
+    costs: np.ndarray
+    vectors: np.ndarray | None
+    embed_costs: np.ndarray
+
+    @staticmethod
+    def names(llms: Sequence[str], student: EmbeddingStudent | None) -> tuple[str, ...]:
+        return (STUDENT, *llms) if student is not None else tuple(llms)
+
+    def training(
+        self, rows: np.ndarray, student: EmbeddingStudent | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What a candidate trains on for ``rows``: a student's out-of-fold logits as member 0, then the LLMs."""
+        if student is None:
+            return self.logits[:, rows], self.answers[:, rows], self.costs[:, rows]
+        return self._stack(rows, student.oof_logits_)
+
+    def serving(self, rows: np.ndarray, model: ServingModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What ``model`` sees for ``rows`` (texts it was not fitted on): its student's logits, then the LLMs."""
+        if model.student is None:
+            return self.logits[:, rows], self.answers[:, rows], self.costs[:, rows]
+        if self.vectors is None:
+            raise ValueError("a model with a student needs the texts' embeddings")
+        return self._stack(rows, model.student.logits(self.vectors[rows]))
+
+    def _stack(self, rows: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            np.concatenate([first[None], self.logits[:, rows]]),
+            np.concatenate([first.argmax(axis=1)[None], self.answers[:, rows]]),
+            np.concatenate([self.embed_costs[rows][None], self.costs[:, rows]]),
+        )
+
+
+def _cross_validated(
+    fit: Callable[[np.ndarray], Any],
+    folds: np.ndarray,
+    members: _Members,
+    labels: np.ndarray,
+    weights: np.ndarray,
+) -> dict[str, Any]:
+    """The candidate's metrics from out-of-fold predictions: each fold served by a candidate fitted on the others
+    (a fold is skipped when the others hold a single class). Same keys as :func:`ls_backend.loop.model.evaluate`."""
+    n = labels.size
+    predictions, scores, spent = np.full(n, -1), np.full(n, np.nan), np.zeros(n)
+    for fold in np.unique(folds):
+        rest = folds != fold
+        if np.unique(labels[rest]).size < 2:
+            continue
+        model = fit(rest).model
+        served = model.predict(*members.serving(~rest, model))
+        predictions[~rest], scores[~rest], spent[~rest] = served.predictions, served.scores, served.costs
+    done = predictions >= 0
+    hits = predictions[done] == labels[done]
+    w = np.nan_to_num(weights[done], nan=0.0)
+    result: dict[str, Any] = {
+        "n_items": int(done.sum()),
+        "accuracy": float(hits.mean()) if done.any() else float("nan"),
+        "cost_per_item": float(spent[done].mean()) if done.any() else float("nan"),
+        "n_calibration_items": int((w > 0).sum()),
+        "ace": float("nan"),
+        "reliability": None,
+    }
+    if (w > 0).any():
+        use = w > 0
+        bins = min(10, int(use.sum()))
+        result["ace"] = weighted_ace(scores[done][use], hits[use], w[use], bins)
+        result["reliability"] = reliability_bins(scores[done][use], hits[use], w[use], bins)
+    return result
 
 
 def _holdout_frontier(
@@ -470,7 +626,14 @@ def _holdout_frontier(
     )
     result = []
     for point in points:
-        model = ServingModel(candidate.llms, candidate.classes, candidate.calibrators, point.policy)
+        model = ServingModel(
+            candidate.llms,
+            candidate.classes,
+            candidate.calibrators,
+            point.policy,
+            candidate.answer,
+            candidate.student,
+        )
         served = model.predict(holdout_logits, holdout_answers, holdout_costs)
         result.append(
             {
@@ -496,6 +659,10 @@ class Worker:
     arrive while one is pending are coalesced; a retrain that finds the lock taken waits for it, then skips if the
     other retrain already covered every label. ``before_retrain`` runs in the worker's thread before each retrain
     (the server saves the project's ``initial`` out-of-task version there).
+
+    With ``idle_stop_s``, the thread ends after that many seconds with nothing to do; :meth:`request_retrain` (and
+    so :meth:`notify_labels` when a retrain is due) and :meth:`wake` start it again, so a server with many quiet
+    projects holds threads only for the busy ones. ``tune`` and ``embed_fn`` are passed to :func:`retrain`.
     """
 
     def __init__(
@@ -507,9 +674,15 @@ class Worker:
         config: LoopConfig | None = None,
         poll_s: float = 5.0,
         before_retrain: Callable[[], object] | None = None,
+        idle_stop_s: float | None = None,
+        tune: TuneEdges | None = None,
+        embed_fn: EmbedTexts | None = None,
     ) -> None:
         self.project = project
+        self.embed_fn = embed_fn
         self.before_retrain = before_retrain
+        self.idle_stop_s = idle_stop_s
+        self.tune = tune
         self.store = store
         self.versions = versions
         self.score_fn = score_fn
@@ -520,31 +693,53 @@ class Worker:
         self._condition = threading.Condition()
         self._stopping = False
         self._running = False
+        self._alive = False  # a thread runs _loop (set and cleared under _condition)
         self._thread: threading.Thread | None = None
 
     # ---- control
 
     def start(self) -> Worker:
-        if self._thread is None or not self._thread.is_alive():
+        with self._condition:
             self._stopping = False
+            self._start_locked()
+        return self
+
+    def _start_locked(self) -> None:
+        if not self._alive and not self._stopping:
+            self._alive = True
             self._thread = threading.Thread(
                 target=self._loop, name=f"lwc-retrain-{self.project}", daemon=True
             )
             self._thread.start()
-        return self
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker's thread runs (it may have stopped for being idle)."""
+        return self._alive
+
+    def wake(self) -> bool:
+        """Start the thread again if it stopped for being idle and an admin asked for a retrain
+        (``retrain.request``); returns whether it did."""
+        if self._alive or not self.versions.request_path.exists():
+            return False
+        with self._condition:
+            self._start_locked()
+        return True
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Stop after the retrain in progress, if any (it is not interrupted)."""
         with self._condition:
             self._stopping = True
             self._condition.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     def request_retrain(self, reason: str = "admin", force: bool = False) -> None:
         """Ask for a retrain (returns at once); requests pending together run once."""
         with self._condition:
             self._pending[reason] = self._pending.get(reason, False) or force
+            self._start_locked()
             self._condition.notify_all()
 
     def notify_labels(self) -> bool:
@@ -584,11 +779,29 @@ class Worker:
             self.request_retrain(f"admin_request{': ' + note if note else ''}", force=True)
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._condition:
+                self._alive = False
+                if self._pending and not self._stopping:  # asked for between the last check and the exit
+                    self._start_locked()
+
+    def _serve(self) -> None:
+        idle_since = time.monotonic()
         while True:
             with self._condition:
                 if not self._pending and not self._stopping:
                     self._condition.wait(self.poll_s)
                 if self._stopping:
+                    return
+                idle = not self._pending and not self.versions.request_path.exists()
+                if (
+                    idle
+                    and self.idle_stop_s is not None
+                    and time.monotonic() - idle_since >= self.idle_stop_s
+                ):
+                    logger.debug("worker of project %s: idle, its thread stops", self.project)
                     return
             self._take_admin_request()
             with contextlib.suppress(Exception):
@@ -605,12 +818,14 @@ class Worker:
                 result = retrain(
                     self.project, self.store, self.versions, self.score_fn, self.config,
                     trigger=", ".join(sorted(reasons)), lock_timeout_s=3600.0, force=any(reasons.values()),
+                    tune=self.tune, embed_fn=self.embed_fn,
                 )  # fmt: skip
                 self.results.append(result)
             except Exception:
                 logger.exception("worker of project %s: retrain crashed", self.project)
             finally:
                 self._running = False
+                idle_since = time.monotonic()
 
 
 def current_version(versions: VersionStore) -> ModelVersion:

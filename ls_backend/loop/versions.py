@@ -100,15 +100,37 @@ class ModelVersion:
             raise VersionError(f"{where}: unknown status {d['status']!r}; expected one of {list(STATUSES)}")
         if not isinstance(d["name"], str) or not NAME_PATTERN.fullmatch(d["name"]):
             raise VersionError(f"{where}: bad version name {d['name']!r}")
+        # every field is checked before use: a file of valid JSON with a wrong-typed field must be refused with
+        # VersionError (so that the previous version serves), never break a request with another error
+        for key in ("created_at", "parent", "trigger"):
+            value = d.get(key)
+            if not isinstance(value, str) and (key == "created_at" or value is not None):
+                raise VersionError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+        if isinstance(d["project"], bool) or not isinstance(d["project"], str | int):
+            raise VersionError(f"{where}: 'project' must be a string or an integer, got {d['project']!r}")
+        sections = {}
+        for key in ("metrics", "evaluation", "labels", "config"):
+            value = d.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise VersionError(f"{where}: {key!r} must be an object, got {type(value).__name__}")
+            sections[key] = dict(value or {})
+        for key in ("watermark", "n_labels"):
+            value = sections["labels"].get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise VersionError(f"{where}: 'labels.{key}' must be an integer, got {value!r}")
+        if not isinstance(sections["labels"].get("by_source", {}), dict):
+            raise VersionError(f"{where}: 'labels.by_source' must be an object")
+        oot_version = sections["config"].get("oot_version")
+        if oot_version is not None and not isinstance(oot_version, str):
+            raise VersionError(f"{where}: 'config.oot_version' must be a string, got {oot_version!r}")
         try:
             model = ServingModel.from_dict(d["model"])
-        except (ValueError, TypeError, KeyError, IndexError) as e:
-            raise VersionError(f"{where}: invalid model: {e}") from e
+        except Exception as e:  # any shape ServingModel cannot read (None, a list, a wrong-typed table)
+            raise VersionError(f"{where}: invalid model: {type(e).__name__}: {e}") from e
         return cls(
-            name=d["name"], project=str(d["project"]), created_at=str(d["created_at"]), status=d["status"],
-            model=model, parent=d.get("parent"), trigger=d.get("trigger"), metrics=dict(d.get("metrics") or {}),
-            evaluation=dict(d.get("evaluation") or {}), labels=dict(d.get("labels") or {}),
-            config=dict(d.get("config") or {}),
+            name=d["name"], project=str(d["project"]), created_at=d["created_at"], status=d["status"],
+            model=model, parent=d.get("parent"), trigger=d.get("trigger"), metrics=sections["metrics"],
+            evaluation=sections["evaluation"], labels=sections["labels"], config=sections["config"],
         )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
@@ -260,7 +282,10 @@ class VersionStore:
             return self._pointer_from_files()
         if not isinstance(data, dict) or not isinstance(data.get("history"), list):
             return self._pointer_from_files()
-        return data
+        # entries that are not {"name": <str>, ...} are dropped: the pointer is read, never trusted
+        history = [e for e in data["history"] if isinstance(e, dict) and isinstance(e.get("name"), str)]
+        serving = data.get("serving") if isinstance(data.get("serving"), str) else None
+        return {**data, "serving": serving, "history": history}
 
     def _pointer_from_files(self) -> dict[str, Any]:
         history = []

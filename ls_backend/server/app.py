@@ -14,9 +14,14 @@
                    answered, the costs and the policy's decision (Label Studio keeps none of this)
 ``GET /status``    ``?project=<id>``: the project's learning loop (labels, bands, versions, retrains)
 ``POST /calibration-sample``  ``{"project", "k", "method", "seed"}``: draw and mark a calibration sample
+``POST /jobs/prelabel``  ``{"project", "mode": "missing" | "all"}``: pre-annotate the project in the background
+                   (202 with the job; 409 with the active one); ``GET /jobs/<id>``, ``GET /jobs?project=``,
+                   ``POST /jobs/<id>/cancel``
 =================  ==========================================================================================
 
-Every error is JSON ``{"error": "...", "status": code}``; a bad request never stops the server. A task the
+Every error is JSON ``{"error": "...", "status": code}``; a bad request never stops the server, and nothing is
+registered or written for a request that fails. Projects are registered by /setup or by the first /predict with
+tasks, at most ``limits.max_projects`` of them (a new one beyond gets 503). A task the
 backend cannot read (no text under the configured data key, an empty or non-string text) gets an empty
 prediction ``{"result": [], "score": 0.0, ...}`` (stored by Label Studio, so it is not asked again for that model
 version); a task the model failed on gets an empty list (no prediction stored, asked again next time).
@@ -24,10 +29,10 @@ version); a task the model failed on gets an empty list (no prediction stored, a
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -38,18 +43,28 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge, Unauthorized
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    NotFound,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+)
 
 from ls_backend import __version__
+from ls_backend.loop.events import exceeds_depth, label_studio_id, text_may_exceed_depth
+from ls_backend.loop.jobs import MODES, JobConflict
 from ls_backend.server.config import BackendConfig, ConfigError, load_config, parse_extra_params
 from ls_backend.server.labeling import LabelConfigError, LabelSpec, parse_label_config
-from ls_backend.server.learning import LearningLoop
+from ls_backend.server.learning import LearningLoop, ProjectLimitError
 from ls_backend.server.predictor import (
     CascadePredictor,
     Prediction,
     Predictor,
     ProjectSetup,
     describe_predictions,
+    label_studio_entry,
 )
 from ls_backend.server.projects import (
     LabelStudioAccess,
@@ -82,6 +97,7 @@ def default_question(label: LabelSpec) -> str:
 
 @dataclass
 class _ProjectRecord:
+    number: int
     label_config: str
     extra_params: dict[str, Any]
     config: BackendConfig
@@ -151,6 +167,33 @@ class BackendState:
     # "lazy" (loaded at the first /predict), "loading", "ready" or "failed: <error>"
     model_status: str = "lazy"
     model_ready: threading.Event = field(default_factory=threading.Event)
+    in_flight: int = 0  # requests being answered now (under lock)
+
+    def busy(self) -> bool:
+        """Whether a request is being answered (a retrain's tuning process is paused meanwhile)."""
+        return self.in_flight > 0
+
+    def known(self, number: int) -> bool:
+        """Whether the project is registered (by /setup, a /predict with tasks, or restored at start)."""
+        with self.lock:
+            if any(r.number == number for r in self.projects.values()):
+                return True
+        return self.learning is not None and self.learning.get(number) is not None
+
+    def admit(self, number: int) -> None:
+        """Refuse (503) a project that is not registered when ``limits.max_projects`` are."""
+        if self.known(number):
+            return
+        with self.lock:
+            numbers = {r.number for r in self.projects.values()}
+        if self.learning is not None:
+            numbers |= set(self.learning.project_numbers())
+        limit = self.config.limits.max_projects
+        if len(numbers) >= limit:
+            raise ServiceUnavailable(
+                f"this backend already serves {len(numbers)} projects (limits.max_projects = {limit}); "
+                f"project {number} is not registered"
+            )
 
     def warm_up(self) -> None:
         """Load the predictor's model in a background thread (Label Studio gives /setup 3 s, /predict 100 s)."""
@@ -226,7 +269,8 @@ def create_app(
         predictor=predictor,
         learning=loop,
         metrics=ServerMetrics(backend_config.confidence_bands),
-        descriptions=descriptions or ProjectDescriptions(access),
+        descriptions=descriptions
+        or ProjectDescriptions(access, capacity=2 * backend_config.limits.max_projects),
         auth=_env_auth() if auth is True else (auth or None),
         webhook_secret=(os.environ.get(WEBHOOK_SECRET_ENV) or None)
         if webhook_secret is True
@@ -237,6 +281,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["lwc"] = state
+    if loop is not None:
+        loop.server_busy = state.busy
+        loop.on_job_predictions = functools.partial(_record_job_predictions, state)
     _register_hooks(app, state)
     _register_routes(app, state)
     if warm_up:
@@ -254,6 +301,9 @@ def _register_hooks(app: Flask, state: BackendState) -> None:
     @app.before_request
     def start_and_authenticate() -> None:
         g.started = time.perf_counter()
+        with state.lock:
+            state.in_flight += 1
+            g.counted = True
         if state.auth is None or request.path == "/health":
             return
         if request.path == "/webhook" and state.webhook_secret and _has_webhook_secret(state.webhook_secret):
@@ -279,6 +329,12 @@ def _register_hooks(app: Flask, state: BackendState) -> None:
             state.metrics.latency.observe(time.perf_counter() - started, endpoint=endpoint)
         return response
 
+    @app.teardown_request
+    def finished(error: BaseException | None) -> None:
+        if g.pop("counted", False):
+            with state.lock:
+                state.in_flight -= 1
+
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> tuple[Response, int]:
         code = e.code or 500
@@ -302,18 +358,25 @@ def _has_webhook_secret(secret: str) -> bool:
     return hmac.compare_digest(given.encode(), secret.encode())
 
 
-def _json_object(optional: bool = False) -> dict[str, Any]:
+def _json_object(state: BackendState, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, or 400 saying why not (total: no body makes another error)."""
     raw = request.get_data(cache=True)
     if not raw.strip():
         if optional:
             return {}
         raise BadRequest("the request body is empty; expected a JSON object")
+    depth = state.config.limits.max_json_depth
+    too_deep = f"the request body is nested deeper than {depth} levels (limits.max_json_depth)"
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest(too_deep) from None
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
+    if text_may_exceed_depth(raw, depth) and exceeds_depth(body, depth):
+        raise BadRequest(too_deep)
     return body
 
 
@@ -393,6 +456,13 @@ def _task_text(task: Any, label: LabelSpec) -> tuple[str | None, str | None]:
         return None, f"task data {label.data_key!r} is a {type(text).__name__}, not text"
     if not text.strip():
         return None, f"task data {label.data_key!r} is empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate ("\ud800" in the JSON): no LLM or store can take it
+        return (
+            None,
+            f"task data {label.data_key!r} is not valid Unicode (a lone surrogate at character {e.start})",
+        )
     return text, None
 
 
@@ -434,19 +504,9 @@ def _predict_robustly(state: BackendState, setup: ProjectSetup, texts: list[str]
 
 def _result_entry(label: LabelSpec, prediction: Prediction, task_id: Any) -> dict[str, Any] | list[Any]:
     """The /predict entry of one task; a prediction Label Studio would reject becomes no prediction."""
-    problem = prediction.reason
-    if prediction.choice is not None:
-        score = prediction.score
-        if prediction.choice not in label.choices:
-            problem = f"predictor answered {prediction.choice!r}, not one of {list(label.choices)}"
-        elif score is None or not math.isfinite(score) or not 0.0 <= score <= 1.0:
-            problem = f"predictor gave score {score!r}, not a number in [0, 1]"
-        else:
-            return {
-                "result": label.result(prediction.choice),
-                "score": score,
-                "model_version": prediction.model_version,
-            }
+    entry, problem = label_studio_entry(label, prediction)
+    if entry is not None:
+        return entry
     logger.warning("task %s: no prediction: %s", task_id, problem)
     return []
 
@@ -456,6 +516,7 @@ def _record_llm_usage(state: BackendState, prediction: Prediction) -> None:
     if not prediction.llms_asked:
         return
     state.metrics.depth.inc(depth=str(len(prediction.llms_asked)))
+    state.metrics.answered_by.inc(member=prediction.llms_asked[-1])
     n_asked = len(prediction.llms_asked)
     called = prediction.llm_called if prediction.llm_called is not None else (True,) * n_asked
     if prediction.llm_costs is not None and len(prediction.llm_costs) == n_asked and len(called) == n_asked:
@@ -470,6 +531,19 @@ def _record_llm_usage(state: BackendState, prediction: Prediction) -> None:
         state.metrics.llm_calls.inc(llm=llm)
     # only the total is known: it is booked under the chain of LLMs that produced it
     state.metrics.llm_cost.inc(max(float(prediction.cost), 0.0), llm="+".join(prediction.llms_asked))
+
+
+def _record_job_predictions(
+    state: BackendState, project: int, task_ids: list[int], predictions: list[Prediction]
+) -> None:
+    """A pre-annotation job's batch, booked as ``/predict`` books its own: LLM calls, cache hits and cost, cascade
+    depth and confidence band in ``/metrics``; which LLMs were asked in ``/explain``."""
+    details = []
+    for task_id, prediction in zip(task_ids, predictions, strict=True):
+        _record_llm_usage(state, prediction)
+        state.metrics.record_prediction(prediction.score if prediction.choice is not None else None)
+        details.append((task_id, _detail(task_id, prediction)))
+    state.recent.add(project, details)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -490,7 +564,8 @@ def _register_routes(app: Flask, state: BackendState) -> None:
 
     @app.post("/setup")
     def setup() -> Response:
-        body = _json_object()
+        # everything is checked before anything is registered or written: a refused /setup leaves no trace
+        body = _json_object(state)
         key, number = _project_key(_require(body, "project", "Label Studio's '<id>.<created_at>'"))
         label_config = _require(body, "schema", "the project's labeling config")
         label = _label_spec(label_config)
@@ -499,22 +574,24 @@ def _register_routes(app: Flask, state: BackendState) -> None:
             config = state.config.merged(extra)
         except ConfigError as e:
             raise BadRequest(f"bad extra_params: {e}") from None
+        state.admit(number)
         if not config.question:
             state.descriptions.prefetch(number, fallback=_setup_access(body))
         project = _project_setup(state, key, number, label_config, extra, config, wait=0.0)
-        if state.learning is not None:
-            state.learning.register(project, _setup_access(body))
         try:
             version = state.predictor.model_version(project)
         except ValueError as e:
             raise BadRequest(f"bad configuration: {e}") from None
+        _register(state, project, _setup_access(body))
         prepare = getattr(state.predictor, "prepare", None)
         if prepare is not None:
             prepare(project)  # e.g. fit the out-of-task model now, in the background
         with state.lock:
-            record = _ProjectRecord(label_config, extra, config)
+            record = _ProjectRecord(number, label_config, extra, config)
             previous = state.projects.get(key)
             record.versions = (previous.versions if previous else set()) | {version}
+            for other in [k for k, r in state.projects.items() if r.number == number and k != key]:
+                record.versions |= state.projects.pop(other).versions  # one record per project
             state.projects[key] = record
         if state.learning is not None:
             state.learning.after_setup(project, version)
@@ -523,7 +600,7 @@ def _register_routes(app: Flask, state: BackendState) -> None:
 
     @app.post("/predict")
     def predict() -> Response:
-        body = _json_object()
+        body = _json_object(state)
         tasks = _require(body, "tasks", "the list of tasks to predict")
         if not isinstance(tasks, list):
             raise BadRequest(f"'tasks' must be a list of task objects, got {type(tasks).__name__}")
@@ -539,12 +616,13 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         if record is not None and label_config != record.label_config:
             config = state.config.merged(record.extra_params)  # the config changed after /setup
         label = _label_spec(label_config)
+        if not tasks:  # nothing to predict: nothing registered, written or fetched
+            return jsonify({"results": []})
+        state.admit(number)
         if not config.question:
             state.descriptions.prefetch(number)
         extra = record.extra_params if record is not None else {}
         project = _project_setup(state, key, number, label_config, extra, config, wait=state.description_wait)
-        if state.learning is not None:
-            state.learning.register(project)
         try:
             version = state.predictor.model_version(project)
         except ValueError as e:
@@ -565,18 +643,21 @@ def _register_routes(app: Flask, state: BackendState) -> None:
                 readable.append(i)
                 entries.append([])
         summary: dict[str, Any] = {}
+        predictions = []
         if texts:
             try:
                 predictions = _predict_robustly(state, project, texts)
             except PredictorFailure as e:
                 return _error(500, str(e))
+        _register(state, project)  # the first /predict with tasks that answers registers a project
+        if texts:
             details = []
             for i, prediction in zip(readable, predictions, strict=True):
                 _record_llm_usage(state, prediction)
                 task_id = tasks[i].get("id")
                 entries[i] = _result_entry(label, prediction, task_id)
                 state.metrics.record_prediction(prediction.score if entries[i] else None)
-                if task_id is not None:
+                if label_studio_id(task_id) is not None:  # /explain keeps Label Studio's task ids only
                     details.append((task_id, _detail(task_id, prediction)))
                 version = prediction.model_version or version
             state.recent.add(number, details)
@@ -602,15 +683,13 @@ def _register_routes(app: Flask, state: BackendState) -> None:
 
     @app.get("/versions")
     def versions() -> Response:
-        body = _json_object(optional=True)  # Label Studio sends {"project": ...} in a GET body
+        body = _json_object(state, optional=True)  # Label Studio sends {"project": ...} in a GET body
         project = body.get("project", request.args.get("project"))
         number = None
         if project is not None:
             _, number = _project_key(project)
         with state.lock:
-            records = [
-                r for k, r in state.projects.items() if number is None or k.split(".", 1)[0] == str(number)
-            ]
+            records = [r for r in state.projects.values() if number is None or r.number == number]
             known = {v for r in records for v in r.versions}
         if state.learning is not None:  # Label Studio 1.23.2 sends no body: every project's versions then
             for project_number in [number] if number is not None else state.learning.project_numbers():
@@ -624,7 +703,8 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         outcome = None
         if state.learning is not None:  # stored (durably) before anything else, even what is refused below
             outcome = state.learning.record_webhook(request.get_data(cache=True))
-        body = _json_object()
+        # the store parsed it (with the same depth limit); a body it could not read gets its 400 here
+        body = dict(outcome.body) if outcome is not None and outcome.body is not None else _json_object(state)
         action = _require(body, "action", "the webhook event, e.g. ANNOTATION_CREATED")
         if not isinstance(action, str):
             raise BadRequest(f"'action' must be a string, got {type(action).__name__}")
@@ -649,7 +729,7 @@ def _register_routes(app: Flask, state: BackendState) -> None:
     @app.post("/calibration-sample")
     def calibration_sample() -> Response:
         learning = _learning(state)
-        body = _json_object()
+        body = _json_object(state)
         _, number = _project_key(_require(body, "project", "Label Studio's project id"))
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -663,6 +743,53 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         except ValueError as e:
             raise BadRequest(str(e)) from None
         return jsonify(drawn)
+
+    @app.post("/jobs/prelabel")
+    def start_prelabel_job() -> Response:
+        learning = _learning(state)
+        body = _json_object(state)
+        _, number = _project_key(_require(body, "project", "Label Studio's project id"))
+        mode = body.get("mode", "missing")
+        if mode not in MODES:
+            raise BadRequest(f"'mode' must be one of {list(MODES)}, got {mode!r}")
+        try:
+            job = learning.start_job(number, "prelabel", mode, trigger="api")
+        except KeyError as e:
+            return _error(404, str(e.args[0]))
+        except JobConflict as e:
+            response = jsonify({"error": str(e), "status": 409, "job": e.job.to_dict()})
+            response.status_code = 409
+            return response
+        except RuntimeError as e:
+            return _error(503, str(e))
+        response = jsonify({"job": job.to_dict()})
+        response.status_code = 202
+        return response
+
+    @app.get("/jobs")
+    def list_jobs() -> Response:
+        learning = _learning(state)
+        project = request.args.get("project")
+        number = _project_key(project)[1] if project else None
+        jobs = [learning.sync_job(j) for j in learning.job_store.jobs(number, limit=100)]
+        return jsonify({"jobs": [j.to_dict() for j in jobs]})
+
+    @app.get("/jobs/<int:job_id>")
+    def get_job(job_id: int) -> Response:
+        learning = _learning(state)
+        job = learning.job_store.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return jsonify({"job": learning.sync_job(job).to_dict()})
+
+    @app.post("/jobs/<int:job_id>/cancel")
+    def cancel_job(job_id: int) -> Response:
+        learning = _learning(state)
+        try:
+            job = learning.cancel_job(job_id)
+        except KeyError:
+            raise NotFound(f"no job {job_id}") from None
+        return jsonify({"job": job.to_dict()})
 
     @app.get("/explain")
     def explain() -> Response:
@@ -685,6 +812,16 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         )
 
 
+def _register(state: BackendState, project: ProjectSetup, access: LabelStudioAccess | None = None) -> None:
+    """Register the project with the learning loop (its worker, its folder); 503 when the limit is reached."""
+    if state.learning is None:
+        return
+    try:
+        state.learning.register(project, access)
+    except ProjectLimitError as e:
+        raise ServiceUnavailable(str(e)) from None
+
+
 def _learning(state: BackendState) -> LearningLoop:
     if state.learning is None:
         raise NotFound("the learning loop is off on this server (loop.enabled, or a predictor without LLMs)")
@@ -705,7 +842,7 @@ def _route(
     ids, kept_texts, scores, choices = [], [], [], []
     for i, text in zip(readable, texts, strict=True):
         task_id = tasks[i].get("id") if isinstance(tasks[i], Mapping) else None
-        if isinstance(task_id, bool) or not isinstance(task_id, int):
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or label_studio_id(task_id) is None:
             continue
         entry = entries[i]
         ids.append(task_id)

@@ -4,9 +4,11 @@ calibration samples, background retrains and the version that serves each projec
 - ``POST /webhook`` -> :meth:`LearningLoop.record_webhook`: the event is stored in the label store (SQLite, WAL,
   fsynced) before the server answers; anything slower (catch-up from Label Studio, deciding on a retrain) runs in
   the loop's background thread, so the answer stays far under Label Studio's 1 s webhook timeout.
-- One :class:`~ls_backend.loop.Worker` per project (started when the project is first seen in /setup or /predict,
-  or at start for projects this model directory knows); retrains of a project exclude each other across server
-  processes through the version store's file lock. Its ``score_fn`` asks the same LLMs through the same SQLite
+- One :class:`~ls_backend.loop.Worker` per project (created when the project is registered: by /setup, by the
+  first /predict with tasks, or at start for projects this model directory knows; at most ``limits.max_projects``
+  of them); its thread stops after ``loop.idle_stop_s`` with nothing to do and starts again on demand; retrains
+  of a project exclude each other across server processes through the version store's file lock, and tune their
+  bin edges in a separate process (``loop.tuning_process``) so that the request threads keep the CPU. Its ``score_fn`` asks the same LLMs through the same SQLite
   score cache as the predictor, with the same prompts, so labels of predicted tasks cost no LLM call.
 - :meth:`LearningLoop.model_source` is the predictor's ``model_source``: a project is served by its version
   store's serving version once a retrain promoted one (or an admin rolled back to one); before that, and after a
@@ -23,6 +25,7 @@ calibration samples, background retrains and the version that serves each projec
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -51,11 +54,21 @@ from ls_backend.loop import (
     draw_calibration_sample,
     retrain_lock,
 )
+from ls_backend.loop.jobs import Job, JobStore
 from ls_backend.loop.labelstudio import catch_up_from_label_studio
 from ls_backend.loop.status import loop_status
+from ls_backend.loop.tuning import tune_in_subprocess
 from ls_backend.server.config import BackendConfig
+from ls_backend.server.jobs import (
+    JOB_METRIC_HELP,
+    JobContext,
+    JobManager,
+    LabelStudioProject,
+    StoredJobState,
+    job_metrics,
+)
 from ls_backend.server.labeling import parse_label_config
-from ls_backend.server.predictor import ProjectSetup
+from ls_backend.server.predictor import Prediction, ProjectSetup
 from ls_backend.server.projects import LabelStudioAccess
 
 if TYPE_CHECKING:
@@ -68,6 +81,10 @@ PROJECT_FILE = "project.json"
 REVIEW_VIEW = "Needs review"
 CALIBRATION_VIEW = "Calibration sample"
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"  # ProjectSamplingEnum of label-studio-sdk 2.1.2 / LS 1.23.2
+
+
+class ProjectLimitError(RuntimeError):
+    """A new project would exceed ``limits.max_projects`` (the server answers 503)."""
 
 
 def review_view_filters(threshold: float) -> dict[str, Any]:
@@ -111,10 +128,52 @@ def _as_dict(item: Any) -> dict[str, Any]:
     return dict(dump()) if callable(dump) else {}
 
 
+# Label Studio 1.23.2 computes a Data Manager column only when a view's hiddenColumns does not hide it (or, with
+# no hiddenColumns at all, only the columns its filters and ordering use: the prediction and annotation columns of
+# a view saved through the API stay empty then). These are the columns every view of the backend hides; the
+# prediction score, results and model versions, the annotation results, annotators and completion stay computed.
+HIDDEN_COLUMNS = [
+    "tasks:inner_id",
+    "tasks:annotations_ids",
+    "tasks:cancelled_annotations",
+    "tasks:file_upload",
+    "tasks:storage_filename",
+    "tasks:updated_at",
+    "tasks:updated_by",
+    "tasks:avg_lead_time",
+    "tasks:draft_exists",
+]
+ALL_TASKS_VIEW = "All tasks"
+
+
+def view_settings(title: str, filters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A Data Manager view's ``data``: title, filters and the hidden columns (the same in the Data Manager's table
+    and in the labeling view's task list)."""
+    data: dict[str, Any] = {
+        "title": title,
+        "hiddenColumns": {"explore": list(HIDDEN_COLUMNS), "labeling": list(HIDDEN_COLUMNS)},
+    }
+    if filters is not None:
+        data["filters"] = dict(filters)
+    return data
+
+
+def ensure_unfiltered_view(client: Any, project: int) -> int | None:
+    """Make sure the project keeps a tab listing every task: Label Studio's frontend makes its "Default" tab only
+    for a project without views, so once the backend adds "Needs review" there would be none. Creates "All tasks"
+    (no filter) unless a view without filters exists; returns the id of the view it created."""
+    for view in client.views.list(project=project):
+        data = _as_dict(view).get("data") or {}
+        if not ((data.get("filters") or {}).get("items") or []):
+            return None
+    created = _as_dict(client.views.create(project=project, data=view_settings(ALL_TASKS_VIEW, None)))
+    return int(created["id"])
+
+
 def upsert_view(client: Any, project: int, title: str, filters: Mapping[str, Any]) -> int:
     """Create the Data Manager view ``title`` of ``project`` with these filters, or update the one that exists
     (idempotent: one view per title). Returns its id."""
-    data = {"title": title, "filters": dict(filters)}
+    data = view_settings(title, filters)
     for view in client.views.list(project=project):
         found = _as_dict(view)
         if (found.get("data") or {}).get("title") == title:
@@ -138,6 +197,10 @@ class ProjectLoop:
     project_model_version: str | None = None  # the model version set as the project's in Label Studio
     initial_synced: str | None = None
     catch_up_at: float = math.inf  # time.monotonic() when a pending catch-up is due (inf: none pending)
+    # the serving pointer and the name it serves under, as last seen (a change by a promotion or rollback
+    # starts a refresh job)
+    serving_seen: tuple[str | None, str | None] | None = None
+    catch_up_without_access: bool = False  # a catch-up found no Label Studio access (said once)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -168,11 +231,26 @@ class LearningLoop:
         self.access = access
         self.client_factory = client_factory
         self.model_dir = config.resolved_model_dir()
-        self.store = LabelStore(self.model_dir / LABELS_DB)
+        limits = config.limits
+        self.max_projects = limits.max_projects
+        self.store = LabelStore(
+            self.model_dir / LABELS_DB,
+            max_text_chars=limits.max_stored_text_chars,
+            max_event_bytes=limits.max_stored_event_bytes,
+            max_json_depth=limits.max_json_depth,
+        )
         self._projects: dict[int, ProjectLoop] = {}
         self._lock = threading.Lock()
+        # whether the server is answering a request now (the app sets it): a retrain's tuning process pauses then
+        self.server_busy: Callable[[], bool] | None = None
+        # the server's bookkeeping of a job's predictions, (project, task ids, predictions): /explain and /metrics
+        self.on_job_predictions: Callable[[int, list[int], list[Prediction]], object] | None = None
+        self._changed: set[int] = set()  # projects whose labels changed since the last retrain-due check
         self._jobs: queue.Queue[Callable[[], object] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        # pre-annotation jobs (lwc prelabel, refresh after a promotion): their state in the label store's file
+        self.job_store = JobStore(self.model_dir / LABELS_DB)
+        self.jobs = JobManager(self.job_store, self._job_context, self._project_dir)
 
     # ---- life cycle
 
@@ -181,18 +259,29 @@ class LearningLoop:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="lwc-learning-loop", daemon=True)
             self._thread.start()
-        for path in sorted(self.model_dir.glob(f"project-*/{PROJECT_FILE}")):
+        files = sorted(self.model_dir.glob(f"project-*/{PROJECT_FILE}"), key=lambda p: -p.stat().st_mtime)
+        for path in files:  # the most recently set up first, should there be more than max_projects
             try:
                 loop = self._restore(path)
+            except ProjectLimitError:
+                logger.warning(
+                    "%d projects in %s; restored the %d most recent (limits.max_projects)",
+                    len(files),
+                    self.model_dir,
+                    self.max_projects,
+                )
+                break
             except (
                 Exception
             ) as e:  # a bad file costs that project's loop until its next /setup, not the server
                 logger.warning("cannot restore the learning loop from %s: %s", path, e)
                 continue
             self.schedule_catch_up(loop)
+        self.jobs.resume()  # jobs a stop or a crash interrupted go on where Label Studio says they are
         return self
 
     def stop(self) -> None:
+        self.jobs.stop()
         self._jobs.put(None)
         with self._lock:
             loops = list(self._projects.values())
@@ -200,17 +289,43 @@ class LearningLoop:
             loop.worker.stop(timeout=5)
 
     def _run(self) -> None:
+        # the periodic checks run once a second even while jobs keep coming (a pre-annotation job hands the loop
+        # one per batch): a due catch-up or a promotion must not wait for a quiet second
+        last_periodic = time.monotonic()
         while True:
             try:
-                job = self._jobs.get(timeout=1.0)
+                job: Callable[[], object] | None = self._jobs.get(timeout=1.0)
             except queue.Empty:
-                job = self._due_catch_ups
+                job = self._periodic
             if job is None:
                 return
+            if job is not self._periodic and time.monotonic() - last_periodic >= 1.0:
+                self._safely(self._periodic)
+                last_periodic = time.monotonic()
+            self._safely(job)
+            if job is self._periodic:
+                last_periodic = time.monotonic()
+
+    @staticmethod
+    def _safely(job: Callable[[], object]) -> None:
+        try:
+            job()
+        except Exception:
+            logger.exception("learning loop: a background job failed")
+
+    def _periodic(self) -> None:
+        """At least once a second: due catch-ups, idle-stopped workers an admin asked for a retrain, promotions
+        to refresh, the state of RQ jobs."""
+        self._due_catch_ups()
+        with self._lock:
+            loops = list(self._projects.values())
+        for loop in loops:
+            loop.worker.wake()
             try:
-                job()
+                self.refresh_if_promoted(loop)
             except Exception:
-                logger.exception("learning loop: a background job failed")
+                logger.exception("project %s: checking for a promotion failed", loop.number)
+        self.sync_jobs()
 
     def submit(self, job: Callable[[], object]) -> None:
         """Run ``job`` in the loop's background thread (one job at a time, in order)."""
@@ -234,13 +349,19 @@ class LearningLoop:
 
     def register(self, setup: ProjectSetup, access: LabelStudioAccess | None = None) -> ProjectLoop | None:
         """The project's loop, created (worker started) on first sight; remembers the latest setup on disk so that
-        a restarted server knows the project. None when the setup has no numeric project id."""
+        a restarted server knows the project. None when the setup has no numeric project id;
+        :class:`ProjectLimitError` when the project is new and ``limits.max_projects`` are registered."""
         number = setup.ls_project
         if number is None:
             return None
         with self._lock:
             loop = self._projects.get(number)
             if loop is None:
+                if len(self._projects) >= self.max_projects:
+                    raise ProjectLimitError(
+                        f"this backend already serves {len(self._projects)} projects (limits.max_projects); "
+                        f"project {number} is not registered"
+                    )
                 loop = self._new_loop(number, setup)
                 self._projects[number] = loop
                 created = True
@@ -261,7 +382,9 @@ class LearningLoop:
             self.store.set_config(
                 number, LabelingConfig(tuple(label.choices), label.data_key, label.from_name)
             )
+            loop.serving_seen = self._serving_seen(loop)
             loop.worker.start()
+            self.jobs.resume(number)
         return loop
 
     def _new_loop(self, number: int, setup: ProjectSetup) -> ProjectLoop:
@@ -276,10 +399,18 @@ class LearningLoop:
             settings.loop_config(),
             poll_s=settings.poll_s,
             before_retrain=lambda: self.sync_initial(loop_holder[0]),
+            idle_stop_s=settings.idle_stop_s,
+            tune=functools.partial(tune_in_subprocess, pause_while=self._busy)
+            if settings.tuning_process
+            else None,
+            embed_fn=lambda texts: self.predictor.embed_for_retrain(loop_holder[0].setup.config, texts),
         )
         loop = ProjectLoop(number, setup, versions, worker)
         loop_holder.append(loop)
         return loop
+
+    def _busy(self) -> bool:
+        return self.server_busy is not None and self.server_busy()
 
     def _save_project_file(self, loop: ProjectLoop) -> None:
         setup = loop.setup
@@ -420,8 +551,10 @@ class LearningLoop:
         """Store the predicted tasks' texts and scores, mark the review band, and (when ``auto_accept_threshold``
         is set) annotate the auto-accept band in Label Studio in the background; returns the batch's band counts.
         ``choices``: the predicted class of each task (needed for auto-accept)."""
+        if not task_ids:
+            return {}
         loop = self.register(setup)
-        if loop is None or not task_ids:
+        if loop is None:
             return {}
         number = loop.number
         self.store.set_texts(number, dict(zip(task_ids, texts, strict=True)))
@@ -557,6 +690,7 @@ class LearningLoop:
             if settings.uncertainty_sampling:
                 client.projects.update(id=loop.number, sampling=UNCERTAINTY_SAMPLING)
             if settings.views:
+                ensure_unfiltered_view(client, loop.number)
                 upsert_view(client, loop.number, REVIEW_VIEW, review_view_filters(loop.thresholds.review))
         except Exception as e:
             logger.warning("project %s: cannot set up views/sampling in Label Studio: %s", loop.number, e)
@@ -571,14 +705,207 @@ class LearningLoop:
         )
         return True
 
+    # ---- pre-annotation jobs (ls_backend/server/jobs.py)
+
+    def _project_dir(self, number: int) -> Path:
+        loop = self.get(number)
+        return loop.versions.directory if loop is not None else self.model_dir / f"project-{number}"
+
+    def start_job(
+        self, number: int, kind: str = "prelabel", mode: str = "missing", trigger: str = "api"
+    ) -> Job:
+        """Start a job that predicts the project's tasks in the background (``mode``: ``missing`` or ``all``).
+        :class:`KeyError` for a project without /setup, :class:`~ls_backend.loop.jobs.JobConflict` (carrying the
+        active job) when one runs, :class:`RuntimeError` without Label Studio access."""
+        loop = self.get(number)
+        if loop is None:
+            raise KeyError(f"project {number} is unknown to this backend (no /setup yet)")
+        if self.client(loop) is None:
+            raise RuntimeError(
+                f"project {number}: a job needs Label Studio's API (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)"
+            )
+        settings = self.config.learning
+        if settings.job_backend != "rq":
+            return self.jobs.submit(number, kind, mode, trigger)
+        from ls_backend.server import rq_jobs
+
+        assert settings.redis_url is not None  # the config requires it with job_backend rq
+        job = self.job_store.create(number, kind, mode, trigger, backend="rq")
+        try:
+            rq_id = rq_jobs.enqueue(settings.redis_url, job, self._rq_spec(loop, job))
+        except Exception as e:
+            self.job_store.update(
+                job.id, status="failed", error=f"cannot enqueue it: {type(e).__name__}: {e}"
+            )
+            raise RuntimeError(f"project {number}: cannot enqueue the job on RQ: {e}") from e
+        return self.job_store.update(job.id, external_id=rq_id)
+
+    def _rq_spec(self, loop: ProjectLoop, job: Job) -> dict[str, Any]:
+        """What an RQ worker needs to run the job: the project's setup and the serving version itself."""
+        setup = loop.setup
+        served = self.predictor.served(setup)
+        return {
+            "job": job.to_dict(),
+            "project_id": setup.project_id,
+            "label_config": setup.label_config_xml,
+            "extra_params": dict(setup.extra_params),
+            "question": setup.question,
+            "question_source": setup.question_source,
+            "version": {"name": served.name, "model": served.model.to_dict()},
+        }
+
+    def cancel_job(self, job_id: int) -> Job:
+        """Ask a job to stop after its current batch (:class:`KeyError` for an unknown job)."""
+        job = self.jobs.cancel(job_id)
+        if job.backend == "rq" and job.external_id and self.config.learning.redis_url:
+            from ls_backend.server import rq_jobs
+
+            rq_jobs.request_cancel(self.config.learning.redis_url, job.external_id)
+        return self.sync_job(job)
+
+    def sync_job(self, job: Job) -> Job:
+        """An RQ job's state read from Redis into the label store (the worker's progress, its end); when it ended
+        done, its predicted tasks go into the label store as /predict's would. Other jobs as they are."""
+        url = self.config.learning.redis_url
+        if job.backend != "rq" or not job.active or not job.external_id or url is None:
+            return job
+        from ls_backend.server import rq_jobs
+
+        try:
+            queued = rq_jobs.read_status(url, job.external_id)
+        except Exception as e:  # Redis down: the job's state waits, nothing is lost
+            logger.warning("job %s: cannot read its RQ state: %s", job.id, e)
+            return job
+        if queued is None:
+            return self.job_store.update(job.id, status="failed", error="Redis no longer has the RQ job")
+        values: dict[str, Any] = {}
+        if queued.job:
+            for key in ("total", "done", "skipped", "failed", "llm_calls", "cached", "deleted", "llm_seconds", "llm_cost",
+                        "label_studio_seconds", "attempts", "retargets", "target_version", "note", "started_at"):  # fmt: skip
+                if key in queued.job:
+                    values[key] = queued.job[key]
+            if queued.job.get("status") in ("running", "paused"):
+                values["status"] = queued.job["status"]
+        if queued.rq_status == "finished" and queued.result is not None:
+            self._apply_predicted(job, queued.result.get("predicted") or [])
+            values["status"] = "done"
+        elif queued.rq_status == "failed":
+            values |= {"status": "failed", "error": queued.error}
+        elif queued.rq_status in ("canceled", "stopped") or (
+            queued.rq_status == "finished" and (queued.job or {}).get("status") == "cancelled"
+        ):
+            values["status"] = "cancelled"
+        return self.job_store.update(job.id, **values) if values else job
+
+    def _apply_predicted(self, job: Job, rows: Sequence[Sequence[Any]]) -> None:
+        loop = self.get(job.project)
+        if loop is None or not rows:
+            return
+        version = job.target_version or ""
+        try:
+            self.after_predict(
+                loop.setup, [int(r[0]) for r in rows], [str(r[1]) for r in rows],
+                [r[2] for r in rows], version, [r[3] for r in rows],
+            )  # fmt: skip
+        except Exception:
+            logger.exception("job %s: storing its predictions in the label store failed", job.id)
+
+    def sync_jobs(self) -> None:
+        """Read every active RQ job's state (the periodic check, so a finished job is applied unasked)."""
+        if self.config.learning.job_backend != "rq":
+            return
+        for job in self.job_store.jobs(active_only=True, limit=1000):
+            self.sync_job(job)
+
+    def _job_context(self, job: Job, stopping: threading.Event) -> JobContext | None:
+        loop = self.get(job.project)
+        if loop is None:
+            return None
+        client = self.client(loop)
+        if client is None:
+            raise RuntimeError("no Label Studio access (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
+
+        def after_batch(ids: list[int], texts: list[str], scores: list[float | None], version: str,
+                        choices: list[str | None]) -> object:  # fmt: skip
+            return self.after_predict(loop.setup, ids, texts, scores, version, choices)
+
+        hook = self.on_job_predictions
+        # loop.setup is read at each call: a /setup with new extra_params applies from the next batch on
+        return JobContext(
+            state=StoredJobState(self.job_store, job.id),
+            label_studio=LabelStudioProject(client, loop.number),
+            label=loop.setup.label,
+            predict=lambda texts: self.predictor.predict(loop.setup, texts, background=True),
+            version=lambda: self.predictor.model_version(loop.setup),
+            batch_size=loop.setup.config.learning.job_batch_size,
+            after_batch=after_batch,
+            on_predicted=None if hook is None else functools.partial(hook, loop.number),
+            stopping=stopping,
+        )
+
+    def _serving_seen(self, loop: ProjectLoop) -> tuple[str | None, str | None]:
+        name = loop.versions.serving_name()
+        served = None
+        if name is not None:
+            with contextlib.suppress(VersionError):
+                served = self.served_name(loop.versions.load(name))
+        return name, served
+
+    def refresh_if_promoted(self, loop: ProjectLoop) -> Job | None:
+        """After a promotion or rollback (by a retrain here, or ``lwc rollback`` from anywhere) changed the version
+        a project serves under, re-predict its tasks with it (``loop.refresh_on_promotion``; only projects with
+        predictions). A job already active retargets itself at its next batch instead."""
+        seen = self._serving_seen(loop)
+        before, loop.serving_seen = loop.serving_seen, seen
+        if before is None or seen == before or seen[1] == before[1] or before[0] is None:
+            return None
+        history = loop.versions.history()
+        action = history[-1].get("action") if history else None
+        if action not in ("promote", "rollback") or not loop.setup.config.learning.refresh_on_promotion:
+            return None
+        if not self.store.predicted_scores(loop.number) and self.job_store.latest(loop.number) is None:
+            return None
+        if self.job_store.active(loop.number) is not None:
+            return None
+        try:
+            job = self.start_job(loop.number, kind="refresh", mode="missing", trigger=f"{action} {seen[1]}")
+        except Exception as e:
+            logger.warning(
+                "project %s: cannot refresh its predictions after the %s: %s", loop.number, action, e
+            )
+            return None
+        logger.info("project %s: %s to %s; refresh job %s", loop.number, action, seen[1], job.id)
+        return job
+
     # ---- webhooks and catch-up
 
     def record_webhook(self, payload: bytes | str | Mapping[str, Any]) -> EventOutcome:
         """Store the event durably (before the caller answers); what follows runs in the background."""
         outcome = self.store.record_event(payload)
-        if outcome.project is not None and (outcome.retrain_requested or outcome.label_changed):
+        if outcome.project is None:
+            return outcome
+        if outcome.retrain_requested:
             self.submit(lambda: self._after_event(outcome))
+        elif outcome.label_changed:
+            # a burst of labels is one background job (a retrain-due check per project), not one per webhook
+            with self._lock:
+                first = not self._changed
+                self._changed.add(outcome.project)
+            if first:
+                self.submit(self._notify_changed)
         return outcome
+
+    def _notify_changed(self) -> None:
+        with self._lock:
+            projects, self._changed = self._changed, set()
+        for number in sorted(projects):
+            loop = self.get(number)
+            if loop is None:
+                logger.info(
+                    "labels of project %s stored; the project has no /setup yet, so no retrain", number
+                )
+            else:
+                loop.worker.notify_labels()
 
     def _after_event(self, outcome: EventOutcome) -> None:
         assert outcome.project is not None
@@ -612,11 +939,14 @@ class LearningLoop:
         client = self.client(loop)
         retry = loop.setup.config.learning.catch_up_retry_s
         if client is None:
-            logger.warning(
-                "project %s: no Label Studio access (LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY) for a catch-up",
+            # tried again later: a /setup may bring an access (its hostname and token), or the server's be set
+            log = logger.info if loop.catch_up_without_access else logger.warning
+            log(
+                "project %s: no Label Studio access (LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY) for a catch-up yet",
                 loop.number,
             )
-            loop.catch_up_at = math.inf
+            loop.catch_up_without_access = True
+            loop.catch_up_at = time.monotonic() + retry
             return False
         label = loop.setup.label
         config = LabelingConfig(tuple(label.choices), label.data_key, label.from_name)
@@ -684,6 +1014,7 @@ class LearningLoop:
             return None
         ids = self.store.requested_tasks(loop.number, "calibration")
         try:
+            ensure_unfiltered_view(client, loop.number)
             return upsert_view(client, loop.number, CALIBRATION_VIEW, task_id_filters(ids))
         except Exception as e:
             logger.warning("project %s: cannot update the %r view: %s", loop.number, CALIBRATION_VIEW, e)
@@ -702,6 +1033,8 @@ class LearningLoop:
         status = loop_status(number, self.store, loop.versions, loop.worker.config)
         status["thresholds"] = {"review": loop.thresholds.review, "auto_accept": loop.thresholds.auto_accept}
         status["bands"] = self.bands(loop)
+        latest = self.job_store.latest(number)
+        status["job"] = self.sync_job(latest).to_dict() if latest is not None else None
         if status.get("serving"):
             with contextlib.suppress(VersionError):
                 status["serving"]["served_as"] = self.served_name(loop.versions.serving())
@@ -725,32 +1058,52 @@ class LearningLoop:
             "lwc_model_versions": ("model versions by status (retrain history)", []),
         }
         for loop in loops:
-            p = f'project="{loop.number}"'
             try:
-                counts = self.store.counts(loop.number)
-                for source, n in counts["labels_by_source"].items():
-                    metrics["lwc_labels"][1].append(f'lwc_labels{{{p},source="{source}"}} {n}')
-                for band, n in self.bands(loop).items():
-                    metrics["lwc_tasks_in_band"][1].append(f'lwc_tasks_in_band{{{p},band="{band}"}} {n}')
-                statuses: dict[str, int] = {}
-                for entry in loop.versions.list():
-                    statuses[entry["status"]] = statuses.get(entry["status"], 0) + 1
-                for status, n in sorted(statuses.items()):
-                    metrics["lwc_model_versions"][1].append(
-                        f'lwc_model_versions{{{p},status="{status}"}} {n}'
-                    )
-                version = loop.versions.serving()
-            except (VersionError, OSError, ValueError):
+                self._project_metrics(loop, metrics)
+            except Exception:  # one project's broken files cost its own lines, not /metrics
+                logger.exception("project %s: its metrics could not be read", loop.number)
+        latest_jobs = []
+        for loop in loops:
+            try:
+                job = self.job_store.latest(loop.number)
+            except Exception:
+                logger.exception("project %s: its job could not be read", loop.number)
                 continue
+            if job is not None:
+                latest_jobs.append(job)
+        for name, samples in job_metrics(latest_jobs).items():
+            metrics[name] = (JOB_METRIC_HELP[name], samples)
+        lines = []
+        for name, (help_text, samples) in metrics.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples]
+        return "\n".join(lines) + "\n"
+
+    def _project_metrics(self, loop: ProjectLoop, metrics: dict[str, tuple[str, list[str]]]) -> None:
+        """Append one project's samples to ``metrics`` (all of them, or none when one cannot be read)."""
+        p = f'project="{loop.number}"'
+        samples: dict[str, list[str]] = {name: [] for name in metrics}
+        counts = self.store.counts(loop.number)
+        for source, n in counts["labels_by_source"].items():
+            samples["lwc_labels"].append(f'lwc_labels{{{p},source="{source}"}} {n}')
+        for band, n in self.bands(loop).items():
+            samples["lwc_tasks_in_band"].append(f'lwc_tasks_in_band{{{p},band="{band}"}} {n}')
+        statuses: dict[str, int] = {}
+        for entry in loop.versions.list():
+            statuses[entry["status"]] = statuses.get(entry["status"], 0) + 1
+        for status, n in sorted(statuses.items()):
+            samples["lwc_model_versions"].append(f'lwc_model_versions{{{p},status="{status}"}} {n}')
+        try:
+            version = loop.versions.serving()
+        except VersionError:
+            version = None
+        if version is not None:
             name = self.served_name(version)
-            metrics["lwc_serving_version_info"][1].append(
+            samples["lwc_serving_version_info"].append(
                 f'lwc_serving_version_info{{{p},version="{name}",file="{version.name}"}} 1'
             )
             for key in ("holdout_ace", "holdout_accuracy", "holdout_cost_per_item"):
                 value = version.metrics.get(key)
                 if isinstance(value, int | float) and math.isfinite(value):
-                    metrics[f"lwc_serving_{key}"][1].append(f"lwc_serving_{key}{{{p}}} {value!r}")
-        lines = []
-        for name, (help_text, samples) in metrics.items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples]
-        return "\n".join(lines) + "\n"
+                    samples[f"lwc_serving_{key}"].append(f"lwc_serving_{key}{{{p}}} {value!r}")
+        for name, lines in samples.items():
+            metrics[name][1].extend(lines)

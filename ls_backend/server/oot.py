@@ -45,9 +45,16 @@ from typing import Any
 import numpy as np
 
 from ls_backend.calibration import Calibrator, make_calibrator
-from ls_backend.ensemble import CascadePolicy, quantile_edges, train_policy
+from ls_backend.ensemble import CascadePolicy
 from ls_backend.files import file_sha256
-from ls_backend.loop.model import ServingModel, threshold_policy
+from ls_backend.loop.fitting import (
+    LabeledPart,
+    fit_correction,
+    fit_oot_calibrator,
+    train_oot_policy,
+)
+from ls_backend.loop.model import ServingModel, check_answer_rules, threshold_policy
+from ls_backend.scores import ScoresTable
 from ls_backend.server.config import CascadeSettings
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,7 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 """Embeds texts into vectors (n, dim); default :func:`ls_backend.embeddings.embed_texts`."""
 
 KINDS = ("oot-sim", "oot-all", "default-rule")
+CONTENT_FREE_FILE = "content_free.jsonl.gz"
 FORMAT = "lwc-oot-model"
 PROJECT = "<project>"
 
@@ -99,6 +107,24 @@ class OOTScores:
         if len(self.table) == 0:
             raise ValueError(f"out-of-task scores {self.path}: the table has no task")
         self.texts = self._task_texts(tasks_path)
+        cf_path = content_free_path(self.path)
+        self.content_free = read_scores(cf_path) if cf_path.exists() else None
+        self.content_free_sha256 = file_sha256(cf_path) if cf_path.exists() else None
+
+    @classmethod
+    def in_memory(
+        cls, table: ScoresTable, texts: Mapping[str, str], content_free: ScoresTable | None = None
+    ) -> OOTScores:
+        """Other tasks' scores held in memory (the benchmark's leave-one-task-out tables); ``texts`` are each
+        task's question and description, as :meth:`__init__` reads them from a tasks file."""
+        scores = cls.__new__(cls)
+        scores.path = Path("<memory>")
+        scores.table = table
+        scores.sha256 = fingerprint(sorted(table.tasks), 16)
+        scores.texts = {t.name: texts.get(t.name, t.name.replace("_", " ")) for t in table}
+        scores.content_free = content_free
+        scores.content_free_sha256 = None
+        return scores
 
     def _task_texts(self, tasks_path: Path | None) -> dict[str, str]:
         from ls_backend.datasets import BENCHMARK_TASKS
@@ -146,11 +172,48 @@ class OOTScores:
             np.concatenate([p.costs[r] for p, r in zip(parts, rows, strict=True)], axis=1),
         )
 
+    def part(
+        self, name: str, llms: Sequence[str], class_words: Sequence[str], correction: str
+    ) -> LabeledPart:
+        """One task's labeled items for ``llms`` (classes in the order of ``class_words``), each LLM's logits read
+        through that task's own label-free ``correction``: BC fitted on all of its items, CC on its content-free
+        inputs (none where the table has none)."""
+        task = self.table[name]
+        to_project = self._column_map(task.classes, class_words)
+        pooled = self._task(name, class_words)
+        rows = [pooled.llms.index(llm) for llm in llms]
+        corrections = []
+        for llm in llms:
+            every = np.empty_like(task.logits[task.llm_index(llm)])
+            every[:, to_project] = task.logits[task.llm_index(llm)]
+            corrections.append(
+                fit_correction(correction, every, self.content_free_logits(name, llm, class_words))
+            )
+        return LabeledPart(
+            pooled.logits[rows], pooled.answers[rows], pooled.labels, pooled.costs[rows], tuple(corrections)
+        )
+
+    def content_free_logits(self, name: str, llm: str, class_words: Sequence[str]) -> np.ndarray | None:
+        """The class logits (m, C) of a task's content-free inputs under ``llm``'s prompt, columns in the order of
+        ``class_words`` (None: not in the table)."""
+        if self.content_free is None or name not in self.content_free.tasks:
+            return None
+        task = self.content_free[name]
+        if llm not in task.llms:
+            return None
+        logits = np.empty_like(task.logits[task.llm_index(llm)])
+        logits[:, self._column_map(task.classes, class_words)] = task.logits[task.llm_index(llm)]
+        return logits
+
+    @staticmethod
+    def _column_map(classes: Sequence[str], class_words: Sequence[str]) -> np.ndarray:
+        position = {c: i for i, c in enumerate(_class_key_list(class_words))}
+        return np.array([position[c] for c in _class_key_list(classes)], dtype=np.int64)
+
     def _task(self, name: str, class_words: Sequence[str]) -> _PooledTask:
         task = self.table[name]
-        position = {c: i for i, c in enumerate(_class_key_list(class_words))}
-        # column j of the table's task is class position[task class j] of the project
-        to_project = np.array([position[c] for c in _class_key_list(task.classes)], dtype=np.int64)
+        # column j of the table's task is class to_project[j] of the project
+        to_project = self._column_map(task.classes, class_words)
         labeled = task.labeled
         logits = np.empty_like(task.logits[:, labeled])
         logits[..., to_project] = task.logits[:, labeled]
@@ -161,6 +224,11 @@ class OOTScores:
             costs=task.costs[:, labeled],
             llms=task.llms,
         )
+
+
+def content_free_path(scores_path: Path) -> Path:
+    """Where a scores table's content-free scores live: ``content_free.jsonl.gz`` beside it."""
+    return Path(scores_path).parent / CONTENT_FREE_FILE
 
 
 def _class_key_list(classes: Sequence[str]) -> list[str]:
@@ -271,6 +339,9 @@ def plan_oot_model(
         "llms": [list(pair) for pair in llms],
         "classes": list(classes),
         "scores": scores.sha256 if scores is not None and any(eligible) else None,
+        "content_free": scores.content_free_sha256
+        if scores is not None and settings.correction == "CC"
+        else None,
         "settings": settings.to_dict(),
         "question": similar_to,
         "extra": dict(extra_key or {}),
@@ -370,6 +441,8 @@ def build_oot_model(plan: OOTPlan, scores: OOTScores | None, embed: Embed | None
     sources: dict[str, list[str]] = {}
     question = plan.question if plan.kind == "oot-sim" else None
     calibrators: list[Calibrator] = []
+    correction = settings.correction
+    answer = check_answer_rules(settings.answer, len(plan.llms))
     for name, eligible in zip(plan.llms, plan.eligible, strict=True):
         chosen: list[str] = []
         if scores is not None and eligible:
@@ -384,12 +457,13 @@ def build_oot_model(plan: OOTPlan, scores: OOTScores | None, embed: Embed | None
                 f"{name}: identity calibrator (no out-of-task scores for this LLM and these classes)"
             )
             continue
-        logits, _, labels, _ = scores.pooled(chosen, [name], plan.classes)
-        calibrator = make_calibrator(settings.calibrator).fit(logits[0], labels)
-        calibrators.append(calibrator)
+        parts = [scores.part(task, [name], plan.classes, correction) for task in chosen]
+        calibrators.append(fit_oot_calibrator(settings.calibrator, parts, 0))
         sources[name] = chosen
+        n_labels = sum(p.labels.size for p in parts)
+        corrected_by = "" if correction == "none" else f" (each corrected by its own {correction})"
         notes.append(
-            f"{name}: {settings.calibrator} on {labels.size} labeled items of {len(chosen)} other tasks"
+            f"{name}: {settings.calibrator} on {n_labels} labeled items of {len(chosen)} other tasks{corrected_by}"
         )
 
     if plan.kind == "default-rule" or scores is None:
@@ -402,34 +476,18 @@ def build_oot_model(plan: OOTPlan, scores: OOTScores | None, embed: Embed | None
         policy_tasks, fallback = select_sources(scores, plan.common, question, settings, embed)
         if fallback:
             notes.append(f"policy: SIM-OOT {fallback}")
-        logits, answers, labels, costs = scores.pooled(policy_tasks, plan.llms, plan.classes)
-        calibrated = np.stack(
-            [
-                calibrators[k].predict_proba(logits[k])[np.arange(labels.size), answers[k]]
-                for k in range(len(plan.llms))
-            ]
-        )
-        edges = [quantile_edges(calibrated[k], settings.n_bins) for k in range(len(plan.llms))]
-        policy = train_policy(
-            answers,
-            calibrated,
-            labels,
-            edges,
-            costs=costs,
-            lam=settings.lam,
-            n_classes=len(plan.classes),
-            llms=plan.llms,
-            classes=plan.classes,
-            calibrators=[c.to_dict() for c in calibrators],
+        parts = [scores.part(task, plan.llms, plan.classes, correction) for task in policy_tasks]
+        policy = train_oot_policy(
+            parts, calibrators, answer, settings.n_bins, settings.lam, plan.llms, plan.classes,
             metadata={"kind": plan.kind, "source_tasks": policy_tasks},
-        )
+        )  # fmt: skip
         sources["policy"] = policy_tasks
         notes.append(
             f"policy: Algorithm 1 (lambda {settings.lam:g}, {settings.n_bins} quantile bins per LLM) on "
-            f"{labels.size} labeled items of {len(policy_tasks)} other tasks, training accuracy "
-            f"{policy.metadata['train_accuracy']:.3f}"
+            f"{sum(p.labels.size for p in parts)} labeled items of {len(policy_tasks)} other tasks, training "
+            f"accuracy {policy.metadata['train_accuracy']:.3f}"
         )
-    model = ServingModel(plan.llms, plan.classes, calibrators, policy)
+    model = ServingModel(plan.llms, plan.classes, calibrators, policy, answer)
     return OOTModel(plan.version, plan.kind, model, sources, notes)
 
 

@@ -21,15 +21,24 @@ a probability, so the score is in [0, 1].
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ls_backend.calibration import corrected
+from ls_backend.loop.model import ServingModel
+
+# DEFAULT_LLMS lives with the configuration (a project picks LLMs from it by name); re-exported for old imports
+from ls_backend.server.config import DEFAULT_LLMS as DEFAULT_LLMS
 from ls_backend.server.config import BackendConfig
+from ls_backend.server.corrections import CorrectionState, LLMPrompt, ProjectCorrections, tag_of
 from ls_backend.server.labeling import LabelSpec
 from ls_backend.server.oot import (
     Embed,
@@ -43,23 +52,16 @@ from ls_backend.server.oot import (
 )
 
 if TYPE_CHECKING:
+    from ls_backend.embeddings import EmbeddingCache
     from ls_backend.llms.base import LLM
     from ls_backend.llms.cache import ScoreCache
     from ls_backend.llms.config import LLMConfig
     from ls_backend.llms.prompts import PromptTemplate
-    from ls_backend.loop.model import ServingModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LLMS: tuple[dict[str, Any], ...] = (
-    {"name": "smollm2-135m-instruct", "kind": "packaged", "model": "smollm2-135m-instruct"},
-    {"name": "gemma3-270m", "kind": "packaged", "model": "gemma3-270m"},
-    {"name": "qwen2.5-coder-0.5b-instruct", "kind": "packaged", "model": "qwen2.5-coder-0.5b-instruct"},
-)
-"""The cascade when the configuration lists no LLM: the three packaged models, cheapest first (their prompt style,
-chat or plain, comes from :mod:`ls_backend.llms.packaged`). ``config/default.yaml`` spells out the same."""
-
 SCORE_CACHE_FILE = "scores.sqlite"
+EMBEDDING_CACHE_FILE = "embeddings.sqlite"  # the student's input, cached like the LLMs' scores
 OOT_FOLDER = "oot"
 
 
@@ -152,6 +154,45 @@ ModelSource = Callable[[ProjectSetup], "ServedVersion | None"]
 and /predict, so it must be cheap (e.g. a dict lookup or a cached ``VersionStore.serving()``)."""
 
 
+class PriorityLock:
+    """A lock that interactive callers (``/predict``) get before background ones (pre-annotation jobs).
+
+    A local model is not safe to run from several threads at once, so each LLM has one lock. A background holder
+    takes it for one LLM batch at a time; while an interactive caller waits, no background caller gets it, so an
+    interactive request waits for at most the one batch in progress (plain ``threading.Lock`` promises no order:
+    a job releasing and taking it again in a loop could starve the request)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._held = False
+        self._interactive_waiting = 0
+
+    @contextlib.contextmanager
+    def hold(self, background: bool = False) -> Iterator[None]:
+        with self._condition:
+            if background:
+                while self._held or self._interactive_waiting:
+                    self._condition.wait()
+            else:
+                self._interactive_waiting += 1
+                try:
+                    while self._held:
+                        self._condition.wait()
+                finally:
+                    self._interactive_waiting -= 1
+            self._held = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._held = False
+                self._condition.notify_all()
+
+    def locked(self) -> bool:
+        with self._condition:
+            return self._held
+
+
 @dataclass
 class _LLMSlot:
     """One configured LLM: its entry, a lazily computed cache identity and a lazily loaded model."""
@@ -161,7 +202,7 @@ class _LLMSlot:
     revision: str | None = None
     llm: LLM | None = None
     build_lock: threading.Lock = field(default_factory=threading.Lock)
-    score_lock: threading.Lock = field(default_factory=threading.Lock)
+    score_lock: PriorityLock = field(default_factory=lambda: PriorityLock())
 
     @property
     def name(self) -> str:
@@ -189,13 +230,16 @@ class CascadePredictor:
         self.model_source = model_source
         self._slots: dict[str, _LLMSlot] = {}
         self._caches: dict[str, ScoreCache] = {}
+        self._embedding_caches: dict[str, EmbeddingCache] = {}
         self._oot_models: dict[str, OOTModelCache] = {}
+        self._corrections = ProjectCorrections()
+        self._corrected_models: dict[tuple[str, str, tuple[int, ...]], OOTModel] = {}
         self._lock = threading.Lock()
 
     # ---- the configuration's LLMs
 
     def llm_entries(self, config: BackendConfig) -> list[dict[str, Any]]:
-        entries = list(config.llms) if config.llms else [dict(e) for e in DEFAULT_LLMS]
+        entries = config.llm_catalog()
         for i, entry in enumerate(entries):
             if not isinstance(entry, Mapping):
                 raise ValueError(f"llms[{i}] must be a mapping with 'name' and 'kind', got {entry!r}")
@@ -280,16 +324,51 @@ class CascadePredictor:
     def score_cache(self, config: BackendConfig) -> ScoreCache:
         from ls_backend.llms.cache import ScoreCache
 
-        path = config.resolved_model_dir() / SCORE_CACHE_FILE
+        return self._open_once(self._caches, config.resolved_model_dir() / SCORE_CACHE_FILE, ScoreCache)
+
+    def embedding_cache(self, config: BackendConfig) -> EmbeddingCache:
+        from ls_backend.embeddings import EmbeddingCache
+
+        return self._open_once(
+            self._embedding_caches, config.resolved_model_dir() / EMBEDDING_CACHE_FILE, EmbeddingCache
+        )
+
+    def _open_once(self, opened: dict[str, Any], path: Path, open_: Callable[[Path], Any]) -> Any:
+        """The one open cache of a model dir's file (opened on first need; shared by every request after)."""
         with self._lock:
-            if str(path) not in self._caches:
-                self._caches[str(path)] = ScoreCache(path)
-            return self._caches[str(path)]
+            if str(path) not in opened:
+                opened[str(path)] = open_(path)
+            return opened[str(path)]
+
+    def student_inputs(
+        self, config: BackendConfig, texts: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The student's input: embeddings (n, d) of ``texts`` through the embedding cache, the seconds per text
+        and whether each was embedded now (the server's embedding model: :func:`ls_backend.embeddings.
+        resolve_embedding_model`, the same as SIM-OOT's)."""
+        from ls_backend.embeddings import cached_embeddings, resolve_embedding_model
+
+        model = Path(resolve_embedding_model()).name if self._embed is None else "injected"
+        return cached_embeddings(texts, self.embedding_cache(config), model, self.embedder)
+
+    def embed_for_retrain(self, config: BackendConfig, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The trainer's ``embed_fn`` (:data:`ls_backend.loop.trainer.EmbedTexts`)."""
+        vectors, seconds, _ = self.student_inputs(config, texts)
+        return vectors, seconds
 
     def score_texts(
-        self, slot: _LLMSlot, prompt: PromptTemplate, texts: Sequence[str], cache: ScoreCache, batch_size: int
+        self,
+        slot: _LLMSlot,
+        prompt: PromptTemplate,
+        texts: Sequence[str],
+        cache: ScoreCache,
+        batch_size: int,
+        background: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Answers (n,), class logits (n, C), costs (n,) and whether each text was sent to the LLM now (n,)."""
+        """Answers (n,), class logits (n, C), costs (n,) and whether each text was sent to the LLM now (n,).
+
+        The LLM's lock is taken for one batch of ``batch_size`` texts at a time; ``background`` callers (jobs) give
+        way to interactive ones between batches (:class:`PriorityLock`)."""
         from ls_backend.llms.cache import text_hash
         from ls_backend.llms.scoring import score_items
 
@@ -310,11 +389,14 @@ class CascadePredictor:
             llm = self.llm(slot)
             if str(llm.revision) != revision:  # the build corrected the predicted revision
                 revision = str(llm.revision)
-            with slot.score_lock:  # a local model is not safe to run from several request threads at once
-                batch = score_items(
-                    llm, prompt, [texts[i] for i in missing], cache=cache, batch_size=batch_size
-                )
-            answers[missing], logits[missing], costs[missing] = batch.answers, batch.logits, batch.costs
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start : start + batch_size]
+                # a local model is not safe to run from several request threads at once
+                with slot.score_lock.hold(background=background):
+                    batch = score_items(
+                        llm, prompt, [texts[i] for i in chunk], cache=cache, batch_size=batch_size
+                    )
+                answers[chunk], logits[chunk], costs[chunk] = batch.answers, batch.logits, batch.costs
             first: dict[str, int] = {}
             for i in missing:
                 first.setdefault(text_hash(texts[i]), i)
@@ -351,7 +433,7 @@ class CascadePredictor:
             return None
         names = tuple(s.name for s in self.slots(project.config))
         model = version.model
-        if tuple(model.llms) != names or tuple(model.classes) != tuple(project.label.class_words):
+        if tuple(model.llm_names) != names or tuple(model.classes) != tuple(project.label.class_words):
             logger.warning(
                 "project %s: version %s is for LLMs %s and classes %s, not %s and %s; serving the out-of-task model",
                 project.project_id,
@@ -366,7 +448,9 @@ class CascadePredictor:
 
     def model_version(self, project: ProjectSetup) -> str:
         plugged = self.plugged_version(project)
-        return plugged.name if plugged is not None else self.oot_plan(project).version
+        if plugged is not None:
+            return plugged.name
+        return _with_tag(self.oot_plan(project).version, self.correction_tag(project))
 
     def served(self, project: ProjectSetup) -> ServedVersion:
         """The version that answers this project now (building its out-of-task model if needed)."""
@@ -375,9 +459,74 @@ class CascadePredictor:
             return plugged
         return self.oot_model(project)
 
+    # ---- label-free corrections (see ls_backend.server.corrections)
+
+    def _correction_keys(self, project: ProjectSetup) -> list[LLMPrompt]:
+        return [
+            LLMPrompt(slot.name, self.revision(slot), self.prompt(project, slot).hash())
+            for slot in self.slots(project.config)
+        ]
+
+    def correction_tag(self, project: ProjectSetup) -> str:
+        """Which corrections serve the project now, as its version tag (cheap: counts in the score cache)."""
+        settings = project.config.cascade_settings
+        kinds = self._corrections.kinds(
+            settings.correction, self._correction_keys(project), self.score_cache(project.config),
+            settings.bc_min_items,
+        )  # fmt: skip
+        return tag_of(kinds)
+
+    def corrections(self, project: ProjectSetup) -> CorrectionState:
+        """Each LLM's label-free correction for the project now (CC scores the content-free inputs once)."""
+        from ls_backend.calibration import CONTENT_FREE_TEXTS
+
+        settings = project.config.cascade_settings
+        slots = self.slots(project.config)
+        cache = self.score_cache(project.config)
+
+        def score_content_free(k: int) -> np.ndarray:
+            prompt = self.prompt(project, slots[k])
+            _, logits, _, _ = self.score_texts(
+                slots[k], prompt, list(CONTENT_FREE_TEXTS), cache, settings.batch_size
+            )
+            return logits
+
+        return self._corrections.state(
+            settings.correction,
+            self._correction_keys(project),
+            cache,
+            settings.bc_min_items,
+            score_content_free,
+        )
+
     def oot_model(self, project: ProjectSetup) -> OOTModel:
-        """The project's out-of-task model (built on first need, then from memory or its JSON file): what serves
-        before any in-task label, and what the learning loop saves as the project's ``initial`` version."""
+        """The project's out-of-task model with its label-free corrections in front of the calibrators: what
+        serves before any in-task label, and what the learning loop saves as the project's ``initial`` version.
+        The uncorrected model is built on first need, then read from memory or its JSON file."""
+        base = self.oot_base(project)
+        state = self.corrections(project)
+        if not state.tag:
+            return base
+        key = (base.version, state.tag, tuple(id(c) for c in state.corrections))
+        with self._lock:
+            if key in self._corrected_models:
+                return self._corrected_models[key]
+        model = base.model
+        calibrators = [corrected(c, cal) for c, cal in zip(state.corrections, model.calibrators, strict=True)]
+        served = OOTModel(
+            _with_tag(base.version, state.tag),
+            base.kind,
+            ServingModel(model.llms, model.classes, calibrators, model.policy, model.answer),
+            base.sources,
+            [*base.notes, f"label-free corrections per LLM: {state.tag}"],
+        )
+        with self._lock:
+            self._corrected_models[key] = served
+        return served
+
+    def oot_base(self, project: ProjectSetup) -> OOTModel:
+        """The project's out-of-task model without the project's own corrections (built on first need, then
+        from memory or its JSON file)."""
         plan = self.oot_plan(project)
         cache = self._oot_cache(project.config)
         config = project.config
@@ -404,7 +553,7 @@ class CascadePredictor:
 
         def run() -> None:
             try:
-                self.served(project)
+                self.oot_base(project)
             except Exception:
                 logger.exception("project %s: building the out-of-task model failed", project.project_id)
 
@@ -419,8 +568,9 @@ class CascadePredictor:
 
     # ---- prediction
 
-    def predict(self, project: ProjectSetup, texts: list[str]) -> list[Prediction]:
-        """The cascade (Algorithm 2) over the batch: LLM k scores only the texts that reach level k."""
+    def predict(self, project: ProjectSetup, texts: list[str], background: bool = False) -> list[Prediction]:
+        """The cascade (Algorithm 2) over the batch: LLM k scores only the texts that reach level k.
+        ``background``: a job's batch, which gives way to interactive requests at each LLM batch."""
         if not texts:
             return []
         version = self.served(project)
@@ -429,20 +579,30 @@ class CascadePredictor:
         prompts = [self.prompt(project, slot) for slot in slots]
         cache = self.score_cache(project.config)
         batch_size = project.config.cascade_settings.batch_size
-        n, n_llms = len(texts), len(slots)
-        called = np.zeros((n_llms, n), dtype=bool)
-        spent = np.zeros((n_llms, n))
+        # member 0 may be the student (a classifier on the project's labels); the LLMs follow it
+        first_llm = 1 if model.student is not None else 0
+        n, n_members = len(texts), first_llm + len(slots)
+        called = np.zeros((n_members, n), dtype=bool)
+        spent = np.zeros((n_members, n))
 
-        def score_llm(k: int, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            answers, logits, costs, fresh = self.score_texts(
-                slots[k], prompts[k], [texts[i] for i in items], cache, batch_size
-            )
+        def score_member(k: int, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            chosen = [texts[i] for i in items]
+            if k < first_llm:
+                assert model.student is not None
+                vectors, costs, fresh = self.student_inputs(project.config, chosen)
+                logits = model.student.logits(vectors)
+                answers = logits.argmax(axis=1)
+            else:
+                slot = k - first_llm
+                answers, logits, costs, fresh = self.score_texts(
+                    slots[slot], prompts[slot], chosen, cache, batch_size, background
+                )
             called[k, items], spent[k, items] = fresh, costs
             return answers, logits, costs
 
-        served = model.predict_staged(score_llm, n)
+        served = model.predict_staged(score_member, n)
         cascade = served.cascade
-        names = [s.name for s in slots]
+        names = list(model.llms[:first_llm]) + [s.name for s in slots]
         choices = project.label.choices
         strategies = model.policy.strategies
         decided = cascade.actions[served.depth - 1, np.arange(n)]
@@ -470,14 +630,37 @@ class CascadePredictor:
         return predictions
 
 
+def label_studio_entry(label: LabelSpec, prediction: Prediction) -> tuple[dict[str, Any] | None, str | None]:
+    """The prediction as Label Studio stores it (``result``, ``score``, ``model_version``), or None and why not: a
+    prediction Label Studio would reject (a choice outside the config, a score outside [0, 1]) is never sent,
+    since Label Studio validates a whole batch and drops it for one invalid prediction."""
+    problem = prediction.reason
+    if prediction.choice is not None:
+        score = prediction.score
+        if prediction.choice not in label.choices:
+            problem = f"predictor answered {prediction.choice!r}, not one of {list(label.choices)}"
+        elif score is None or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+            problem = f"predictor gave score {score!r}, not a number in [0, 1]"
+        else:
+            entry = {"result": label.result(prediction.choice), "score": score}
+            return {**entry, "model_version": prediction.model_version}, None
+    return None, problem or "no answer"
+
+
+def _with_tag(version: str, tag: str) -> str:
+    return f"{version}+{tag}" if tag else version
+
+
 def _predicted_revision(config: LLMConfig) -> str | None:
     """The revision an LLM will report, computed without loading it (None when only the adapter can tell)."""
     base = _predicted_base_revision(config)
     if base is None or config.kind not in ("packaged", "hf"):
         return base
-    from ls_backend.llms.hf import CLASS_MATCHING_RULE
+    from ls_backend.llms.config import predicted_precision
+    from ls_backend.llms.hf import hf_revision
 
-    return f"{base}|{CLASS_MATCHING_RULE}"  # the HF adapter's revision names its class-token rule too
+    # the HF adapter's revision names its class-token rule and its precision too
+    return hf_revision(base, predicted_precision(config.kind, config.options) or "float32")
 
 
 def _predicted_base_revision(config: LLMConfig) -> str | None:

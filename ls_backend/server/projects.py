@@ -14,13 +14,18 @@ import logging
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ls_backend.loop.events import label_studio_id
+
 logger = logging.getLogger(__name__)
 
 URL_ENV = "LABEL_STUDIO_URL"
+DESCRIPTION_CHARS = 10_000
+"""Longest project description remembered (the question put to the LLMs); longer ones are cut."""
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 _TAG = re.compile(r"<[^>]+>")
 
@@ -30,16 +35,26 @@ class ProjectIdError(ValueError):
 
 
 def parse_project_id(value: Any) -> tuple[str, int]:
-    """Label Studio's project key ``"<id>.<created_at unix>"`` and its numeric id (a plain id is accepted)."""
+    """Label Studio's project key ``"<id>.<created_at unix>"`` and its numeric id (a plain id is accepted).
+
+    The id must be one Label Studio can have (a positive 64-bit integer) and the time ASCII digits: anything else
+    is refused here, before the server registers or writes anything for the project."""
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ProjectIdError(f"'project' must be a string like '3.1795875050', got {value!r}")
+        raise ProjectIdError(f"'project' must be a string like '3.1795875050', got {_short(value)}")
     key = str(value).strip()
     head, _, tail = key.partition(".")
-    if not head.isdigit() or (tail and not tail.isdigit()):
+    number = label_studio_id(head)
+    if number is None or (tail and not (tail.isascii() and tail.isdigit() and len(tail) <= 20)):
         raise ProjectIdError(
-            f"'project' must look like '<id>.<created_at>' (e.g. '3.1795875050'), got {value!r}"
+            f"'project' must look like '<id>.<created_at>' (e.g. '3.1795875050'; the id a positive 64-bit "
+            f"integer), got {_short(value)}"
         )
-    return key, int(head)
+    return key, number
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def plain_text(markup: str) -> str:
@@ -82,15 +97,22 @@ class ProjectDescriptions:
         access: the configured Label Studio access (None: only what ``/setup`` carries, if anything).
         fetch: reads one project's description (default: through label-studio-sdk).
         timeout: seconds one fetch may take.
+        capacity: how many projects' descriptions are remembered (the least recently learned are forgotten, so
+            calls naming ever new projects cannot grow it).
     """
 
     def __init__(
-        self, access: LabelStudioAccess | None = None, fetch: Fetcher | None = None, timeout: float = 5.0
+        self,
+        access: LabelStudioAccess | None = None,
+        fetch: Fetcher | None = None,
+        timeout: float = 5.0,
+        capacity: int = 10_000,
     ) -> None:
         self.access = access
         self.fetch = fetch or fetch_description_with_sdk
         self.timeout = timeout
-        self._known: dict[int, str | None] = {}
+        self.capacity = capacity
+        self._known: OrderedDict[int, str | None] = OrderedDict()
         self._pending: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -99,15 +121,24 @@ class ProjectDescriptions:
         for text in (description, instruction):
             if isinstance(text, str) and plain_text(text):
                 with self._lock:
-                    self._known[project] = plain_text(text)
+                    self._set(project, plain_text(text))
                 return
         with self._lock:
-            self._known.setdefault(project, None)
+            if project not in self._known:
+                self._set(project, None)
+
+    def _set(self, project: int, description: str | None) -> None:
+        """Remember a description (the caller holds the lock), forgetting the oldest beyond the capacity."""
+        self._known[project] = None if description is None else description[:DESCRIPTION_CHARS]
+        self._known.move_to_end(project)
+        while len(self._known) > self.capacity:
+            self._known.popitem(last=False)
 
     def remember_from_payload(self, payload: Mapping[str, Any]) -> None:
         project = payload.get("project")
-        if isinstance(project, Mapping) and isinstance(project.get("id"), int):
-            self.remember(project["id"], project.get("description"), project.get("expert_instruction"))
+        number = label_studio_id(project.get("id")) if isinstance(project, Mapping) else None
+        if isinstance(project, Mapping) and number is not None:
+            self.remember(number, project.get("description"), project.get("expert_instruction"))
 
     def prefetch(self, project: int, fallback: LabelStudioAccess | None = None) -> None:
         """Start reading a project's description unless it is known or being read (never blocks)."""
@@ -115,7 +146,7 @@ class ProjectDescriptions:
         if access is None:
             return
         with self._lock:
-            if project in self._known or project in self._pending:
+            if project in self._known or project in self._pending or len(self._pending) >= self.capacity:
                 return
             done = self._pending[project] = threading.Event()
         threading.Thread(
@@ -132,7 +163,7 @@ class ProjectDescriptions:
         with self._lock:
             # a failed read is not cached, so the next /setup tries again; a webhook may have answered meanwhile
             if description is not None:
-                self._known[project] = description
+                self._set(project, description)
             self._pending.pop(project, None)
         done.set()
 

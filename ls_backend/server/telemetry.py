@@ -214,6 +214,11 @@ class ServerMetrics:
         self.depth = self.registry.counter(
             "lwc_cascade_depth_total", "predictions by how many LLMs the cascade asked", ("depth",)
         )
+        self.answered_by = self.registry.counter(
+            "lwc_answered_by_total",
+            "predictions by the cascade member asked last (the student, member 0 when a project has one, or an LLM)",
+            ("member",),
+        )
         self.predictions = self.registry.counter(
             "lwc_predictions_total",
             "predictions by confidence band ('none': task left without a label)",

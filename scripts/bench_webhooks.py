@@ -1,0 +1,336 @@
+"""Webhook latency while a retrain tunes bin edges (not a test): run with ``.venv/bin/python scripts/bench_webhooks.py``.
+
+For each mode, one after the other, a fresh model directory gets a synthetic project (``ls_backend.loop.simulation``:
+``--labels`` labeled tasks with texts, 3 synthetic LLMs) that the server restores at start, and the backend is served
+by waitress (8 threads, as ``lwc serve``) in a subprocess on loopback:
+
+- ``none``: no retrain runs (the baseline);
+- ``in-process``: START_TRAINING, and the worker thread tunes the bin edges in the server's process (the behaviour
+  before issue #12: ``loop.tuning_process: false``);
+- ``subprocess``: START_TRAINING, and the tuning runs in a separate, lower-priority process (the default).
+
+Once the retrain's status file says ``tuning``, ``--events`` client threads (released together by a barrier) each
+POST one new ANNOTATION_CREATED webhook; the table gives the client-side latency (queueing included) and checks that
+every event was answered 200 ``applied`` and is in the label store. The retrain tunes for ``--tuning-s`` seconds
+(100,000 trials, capped by time), long enough to cover the burst; the stage after the burst is reported.
+
+The synthetic LLM outputs stand in for the score cache (no LLM is loaded): the server's ``score_fn`` is replaced
+by the synthetic project's, which is what a warm score cache gives (every labeled text predicted before).
+Each mode runs ``--repeat`` times, the modes interleaved (so a change in the machine's load hits all of them); the
+table gives the median over the repetitions and every repetition's p99, the server's own mean time per webhook
+(``in-app``, from /metrics: from Flask's first hook to its last, so waiting for the group commit counts but
+waiting for a waitress thread does not), and the machine's load average before and after.
+
+Options: ``--labels N`` (2000), ``--events N`` (200), ``--tuning-s S`` (8), ``--modes none,in-process,subprocess``,
+``--repeat N`` (3), ``--threads N`` (waitress threads, 8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = 1
+MODES = ("none", "in-process", "subprocess")
+LABEL_CONFIG = (
+    '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+    '<Choice value="yes"/><Choice value="no"/></Choices></View>'
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def backend_config(model_dir: Path, mode: str, tuning_s: float, llms: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        # the synthetic project's LLM names; never loaded (the server's score_fn is the synthetic one)
+        "llms": [{"name": name, "kind": "hf", "model": f"synthetic/{name}"} for name in llms],
+        "model_dir": str(model_dir),
+        "oot_scores": str(model_dir / "no-oot-scores.jsonl.gz"),
+        "cascade": {"similar_tasks": False},
+        "loop": {
+            "retrain_every": 0,
+            "min_train_labels": 10,
+            "min_tuning_labels": 50,
+            "n_trials": 100_000,
+            "tuning_timeout_s": tuning_s,
+            "poll_s": 0.5,
+            "idle_stop_s": None,
+            "tuning_process": mode == "subprocess",
+            "views": False,
+            "uncertainty_sampling": False,
+        },
+    }
+
+
+def prepare(folder: Path, mode: str, n_labels: int, n_events: int, tuning_s: float) -> Path:
+    """A model directory the server restores the synthetic project from; returns its config file."""
+    from ls_backend.loop import LabelStore, ServingModel, VersionStore
+    from ls_backend.loop.simulation import synthetic_project
+
+    project = synthetic_project(n_labels + n_events, seed=7, project=PROJECT)
+    model_dir = folder / "models"
+    store = LabelStore(model_dir / "labels.db", synchronous="NORMAL")
+    for position in range(n_labels):
+        store.record_event(project.annotation_payload(position, position + 1))
+    store.close()
+    versions = VersionStore(model_dir, PROJECT)
+    versions.ensure_initial(ServingModel.out_of_task(project.llms, project.classes))
+    record = {
+        "project": f"{PROJECT}.1795875050",
+        "label_config": LABEL_CONFIG,
+        "extra_params": {},
+        "question": "Is this a yes?",
+        "question_source": "config",
+    }
+    (versions.directory / "project.json").write_text(json.dumps(record))
+    config = folder / "backend.json"
+    config.write_text(json.dumps(backend_config(model_dir, mode, tuning_s, project.llms)))
+    return config
+
+
+def serve(config_path: Path, port: int, threads: int, n_items: int) -> None:
+    """The server subprocess: the real app (learning loop on) with the synthetic project's score_fn."""
+    import waitress
+
+    from ls_backend.loop.simulation import synthetic_project
+    from ls_backend.server import CascadePredictor, create_app
+    from ls_backend.server.projects import ProjectDescriptions
+
+    config = json.loads(config_path.read_text())
+    project = synthetic_project(n_items, seed=7, project=PROJECT)
+    app = create_app(
+        config, CascadePredictor(), auth=None, webhook_secret=None, descriptions=ProjectDescriptions(None)
+    )
+    learning = app.extensions["lwc"].learning
+    learning.score = lambda loop, k, texts: project.score_fn(k, texts)  # a warm score cache
+    learning.sync_initial = lambda loop: None  # the initial version is in the model dir already
+    waitress.serve(app, host="127.0.0.1", port=port, threads=threads, ident="bench")
+
+
+def post(url: str, body: Any, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, json.loads(response.read())
+
+
+def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def stage(status_file: Path) -> str | None:
+    try:
+        return json.loads(status_file.read_text()).get("stage")
+    except (OSError, ValueError):
+        return None
+
+
+def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    from ls_backend.loop import LabelStore
+    from ls_backend.loop.simulation import synthetic_project
+
+    with tempfile.TemporaryDirectory(prefix="lwc-bench-webhooks-") as tmp:
+        folder = Path(tmp)
+        config = prepare(folder, mode, args.labels, args.events, args.tuning_s)
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+        }
+        env.setdefault("OMP_NUM_THREADS", "1")
+        log = (folder / "server.log").open("wb")
+        command = [sys.executable, __file__, "--serve", str(config), "--port", str(port),
+                   "--threads", str(args.threads), "--labels", str(args.labels), "--events", str(args.events)]  # fmt: skip
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        load_before = os.getloadavg()
+        try:
+            wait_for(lambda: _health(url), 120, "the server")
+            status_file = folder / "models" / f"project-{PROJECT}" / "retrain.status.json"
+            if mode != "none":
+                post(f"{url}/webhook", {"action": "START_TRAINING", "project": {"id": PROJECT}})
+                wait_for(lambda: stage(status_file) == "tuning", 120, "the retrain to tune")
+                time.sleep(args.burst_after_s)  # inside the tuning (the tuning process has started)
+            project = synthetic_project(args.labels + args.events, seed=7, project=PROJECT)
+            payloads = [
+                project.annotation_payload(args.labels + i, args.labels + i + 1) for i in range(args.events)
+            ]
+            latencies, answers = burst(f"{url}/webhook", payloads)
+            stage_after = stage(status_file) if mode != "none" else "-"
+            in_app = server_seconds(url)
+        finally:
+            server.terminate()
+            server.wait(30)
+            log.close()
+        load_after = os.getloadavg()
+        stored = len(LabelStore(folder / "models" / "labels.db").labels(PROJECT))
+    ok = sum(1 for status, body in answers if status == 200 and body.get("outcome") == "applied")
+    return {
+        "mode": mode,
+        "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+        "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+        "max_ms": float(np.max(latencies) * 1e3),
+        "applied": ok,
+        "stored": stored - args.labels,
+        "stage_after": stage_after,
+        "in_app_ms": in_app * 1e3,
+        "load_before": load_before[0],
+        "load_after": load_after[0],
+    }
+
+
+def server_seconds(url: str) -> float:
+    """The server's mean seconds per /webhook request so far, from its latency histogram in /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    total = count = 0.0
+    for line in text.splitlines():
+        if 'endpoint="/webhook"' not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("lwc_http_request_duration_seconds_sum"):
+            total += float(value)
+        elif name.startswith("lwc_http_request_duration_seconds_count"):
+            count += float(value)
+    return total / count if count else float("nan")
+
+
+def _health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def burst(url: str, payloads: list[dict[str, Any]]) -> tuple[np.ndarray, list[tuple[int, dict[str, Any]]]]:
+    """POST every payload from its own thread, all released at once; client-side seconds and replies.
+
+    Each request is sent as prepared bytes on a raw socket (one connection per webhook, as Label Studio sends
+    them), so the client's own Python work per request stays small next to the server's."""
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
+    requests = [_http_request(host, path, json.dumps(p).encode()) for p in payloads]
+    barrier = threading.Barrier(len(payloads))
+    latencies = np.full(len(payloads), np.nan)
+    answers: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(payloads)
+
+    def deliver(i: int) -> None:
+        barrier.wait()
+        started = time.perf_counter()
+        try:
+            answers[i] = _exchange(host, int(port), requests[i])
+        except OSError as e:
+            answers[i] = (0, {"error": str(e)})
+        latencies[i] = time.perf_counter() - started
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(len(payloads))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return latencies, answers
+
+
+def _http_request(host: str, path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _exchange(host: str, port: int, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send one prepared request and read the whole answer (the server closes the connection)."""
+    with socket.create_connection((host, port), timeout=60) as connection:
+        connection.sendall(request)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body) if body else {}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", type=int, default=2000, help="labeled tasks the retrain trains on")
+    parser.add_argument("--events", type=int, default=200, help="concurrent webhooks in the burst")
+    parser.add_argument("--tuning-s", type=float, default=8.0, help="seconds the retrain tunes bin edges")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {list(MODES)}")
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each mode, interleaved")
+    parser.add_argument(
+        "--burst-after-s", type=float, default=1.0, help="seconds from the tuning's start to the burst"
+    )
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        serve(args.serve, args.port, args.threads, args.labels + args.events)
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; choose among {list(MODES)}")
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for _ in range(args.repeat):
+        for mode in modes:
+            runs[mode].append(run_mode(mode, args))
+    print(
+        f"\n{args.events} concurrent /webhook during a retrain of {args.labels} labels (tuning {args.tuning_s:g} s), "
+        f"waitress {args.threads} threads, {os.cpu_count()} CPUs; median of {args.repeat} interleaved runs"
+    )
+    print(
+        f"{'tuning':<12} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'in-app ms':>9} {'stored':>9}  "
+        f"{'p99 of each run (ms)':<24} load avg"
+    )
+    failed = False
+    for mode, rows in runs.items():
+        stored = sum(r["stored"] for r in rows)
+        applied = sum(r["applied"] for r in rows)
+        failed |= not stored == applied == args.events * len(rows)
+        each = ", ".join(f"{r['p99_ms']:.0f}" for r in rows)
+        loads = f"{min(r['load_before'] for r in rows):.2f}-{max(r['load_after'] for r in rows):.2f}"
+        print(
+            f"{mode:<12} {_median(rows, 'p50_ms'):7.1f} {_median(rows, 'p99_ms'):7.1f} {_median(rows, 'max_ms'):7.1f} "
+            f"{_median(rows, 'in_app_ms'):9.2f} {f'{stored}/{args.events * len(rows)}':>9}  {each:<24} {loads}"
+        )
+        stages = {r["stage_after"] for r in rows}
+        if mode != "none" and stages != {"tuning"}:
+            print(
+                f"  (stage after the burst: {sorted(stages)}; the burst should end while the retrain tunes)"
+            )
+    return 1 if failed else 0
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return float(np.median([r[key] for r in rows]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
