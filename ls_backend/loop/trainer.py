@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ls_backend.calibration import BiasCorrection, Calibrator, CorrectedCalibrator, make_calibrator
+from ls_backend.files import atomic_write_text
 from ls_backend.loop.fitting import InTaskSettings, fit_in_task_model
 from ls_backend.loop.model import ServingModel, check_answer_rules, evaluate, reliability_bins, weighted_ace
 from ls_backend.loop.store import LabelStore
@@ -226,10 +227,7 @@ def _status_file(versions: VersionStore) -> Path:
 
 
 def _write_status(versions: VersionStore, **fields: Any) -> None:
-    path = _status_file(versions)
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    temp.write_text(json.dumps({"pid": os.getpid(), "at": time.time(), **fields}))
-    os.replace(temp, path)
+    atomic_write_text(_status_file(versions), json.dumps({"pid": os.getpid(), "at": time.time(), **fields}))
 
 
 def read_retrain_status(versions: VersionStore) -> dict[str, Any] | None:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ls_backend.files import atomic_write_text
+
 NICENESS = 10
 """How much lower the tuning process's CPU priority is than the server's (request threads go first)."""
 STARTUP_MARGIN_S = 300.0
@@ -202,9 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n_trials": tuned.n_trials,
         "pid": os.getpid(),
     }
-    temp = args.reply.with_name(args.reply.name + ".tmp")
-    temp.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(temp, args.reply)
+    atomic_write_text(args.reply, json.dumps(result))
     return 0
 
 

@@ -25,12 +25,12 @@ import json
 import logging
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ls_backend.files import atomic_write_text, fsync_directory, write_temp_beside
 from ls_backend.loop.model import ServingModel
 
 logger = logging.getLogger(__name__)
@@ -163,24 +163,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_temp(directory: Path, text: str) -> Path:
-    temp = directory / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    with open(temp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    return temp
-
-
 class VersionStore:
     """The versions of one project under ``model_dir`` (see the module docstring)."""
 
@@ -255,14 +237,14 @@ class VersionStore:
                 labels=labels or {}, config=config or {},
             )  # fmt: skip
             text = json.dumps(version.to_dict(), allow_nan=True)
-            temp = _write_temp(self.versions_dir, text)
+            temp = write_temp_beside(self.path_of(name), text, durable=True)
             try:
                 os.link(temp, self.path_of(name))  # fails if the name is taken: no overwrite, no race
             except FileExistsError:
                 continue
             finally:
                 temp.unlink(missing_ok=True)
-            _fsync_dir(self.versions_dir)
+            fsync_directory(self.versions_dir)
             return version
         raise VersionError(f"could not find a free version name in {self.versions_dir}")
 
@@ -301,9 +283,7 @@ class VersionStore:
         if note:
             entry["note"] = note
         pointer = {"serving": serving, "history": [*pointer["history"], entry]}
-        temp = _write_temp(self.directory, json.dumps(pointer, indent=1))
-        os.replace(temp, self.pointer_path)
-        _fsync_dir(self.directory)
+        atomic_write_text(self.pointer_path, json.dumps(pointer, indent=1), durable=True)
 
     def serving_name(self) -> str | None:
         """The name the pointer says serves (not validated; :meth:`serving` validates)."""

@@ -29,7 +29,6 @@ import functools
 import json
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ls_backend.files import atomic_write_text
 from ls_backend.loop import (
     EventOutcome,
     LabelingConfig,
@@ -430,9 +430,7 @@ class LearningLoop:
             if path.exists() and path.read_text(encoding="utf-8") == text:
                 return
         try:
-            temp = path.with_name(f".{PROJECT_FILE}.{os.getpid()}.{threading.get_ident()}")
-            temp.write_text(text, encoding="utf-8")
-            os.replace(temp, path)
+            atomic_write_text(path, text)
         except OSError as e:
             logger.warning("project %s: cannot save %s: %s", loop.number, path, e)
 

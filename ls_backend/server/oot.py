@@ -34,8 +34,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +44,7 @@ import numpy as np
 
 from ls_backend.calibration import Calibrator, make_calibrator
 from ls_backend.ensemble import CascadePolicy
-from ls_backend.files import file_sha256
+from ls_backend.files import atomic_write_text, file_sha256
 from ls_backend.loop.fitting import (
     LabeledPart,
     fit_correction,
@@ -538,11 +536,7 @@ class OOTModelCache:
     def _write(self, model: OOTModel) -> OOTModel:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                "w", dir=self.folder, prefix=".oot-", suffix=".tmp", delete=False, encoding="utf-8"
-            ) as f:
-                json.dump(model.to_dict(), f)
-            os.replace(f.name, self._path(model.version))
+            atomic_write_text(self._path(model.version), json.dumps(model.to_dict()))
         except OSError as e:  # a read-only model dir costs a refit after restart, not the prediction
             logger.warning("could not save the out-of-task model under %s: %s", self.folder, e)
         return model
