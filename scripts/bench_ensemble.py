@@ -15,6 +15,7 @@ import numpy as np
 
 from ls_backend.ensemble import GO_DEEPER, default_strategies, train_policy, tune_bin_edges
 from ls_backend.ensemble.bins import encode_keys
+from ls_backend.loop.tuning import quiet_optuna
 
 
 def random_data(n_items: int, n_llms: int, n_classes: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -74,6 +75,7 @@ def time_best(func, repeats: int = 3) -> float:
 
 
 def main() -> None:
+    quiet_optuna()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -29,6 +29,7 @@ from ls_backend.calibration import make_calibrator
 from ls_backend.loop import LabelStore, LoopConfig, ServingModel, VersionStore, retrain, weighted_ace
 from ls_backend.loop.routing import draw_calibration_sample
 from ls_backend.loop.simulation import synthetic_project
+from ls_backend.loop.tuning import quiet_optuna
 from ls_backend.loop.weighting import calibration_weights
 from ls_backend.synthetic import make_synthetic_scores
 
@@ -210,6 +211,7 @@ def review_labels(
 
 
 def main() -> int:
+    quiet_optuna()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--reps", type=int, default=None)

@@ -51,6 +51,7 @@ from ls_backend.experiments import (  # noqa: E402
     run_calibration_experiment,
 )
 from ls_backend.files import file_sha256  # noqa: E402
+from ls_backend.loop.tuning import quiet_optuna  # noqa: E402
 from ls_backend.scores import ScoresTable, TaskScores, read_scores  # noqa: E402
 from ls_backend.stats import (  # noqa: E402
     PairedComparison,
@@ -369,7 +370,9 @@ def run_cascades(
             from concurrent.futures import ProcessPoolExecutor
 
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                max_workers=n_jobs, mp_context=context, initializer=quiet_optuna
+            ) as pool:
                 for result in pool.map(run_cascade_job, jobs, chunksize=1):
                     results[result["bins"], result["task"], result["repeat"]] = result
                     bar.update(1)
@@ -1680,6 +1683,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_optuna()
     if args.write_synthetic:
         written = write_synthetic(Path(args.write_synthetic), args.synthetic_items, args.seed)
         print(f"wrote {written[0]} and {written[1]}")

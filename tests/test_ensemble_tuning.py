@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from ls_backend.ensemble import QuantileEdgeSpace, SplitEvaluator, train_policy, tune_bin_edges
 from ls_backend.ensemble.classification import precision_recall_f1
-from ls_backend.ensemble.tuning import make_storage, random_splits
+from ls_backend.ensemble.tuning import random_splits
+from ls_backend.loop.tuning import make_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,6 +116,7 @@ WORKER = textwrap.dedent(
     import sys
     import numpy as np
     from ls_backend.ensemble import tune_bin_edges
+    from ls_backend.loop.tuning import make_storage
     from ls_backend.synthetic import make_synthetic_scores
     from ls_backend.confidence import confidence_scores
 
@@ -122,7 +124,7 @@ WORKER = textwrap.dedent(
     task = next(iter(make_synthetic_scores(n_tasks=1, n_items=400, seed=11)))
     scores = np.stack([confidence_scores(task.logits[j], task.answers[j]) for j in range(3)])
     result = tune_bin_edges(task.answers, scores, task.labels, n_bins=5, n_trials=6, n_splits=2, seed=0,
-                            storage=storage, study_name="shared", worker_id=worker)
+                            storage=make_storage(storage), study_name="shared", worker_id=worker)
     print(result.best_value)
     """
 )

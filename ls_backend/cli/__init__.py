@@ -46,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ls_backend.loop.tuning import quiet_optuna
+
+    quiet_optuna()  # the commands that tune (serve's retrains, reports) log Optuna's warnings, not each trial
     try:
         return int(args.func(args) or 0)
     except (CLIError, FileNotFoundError, ValueError, KeyError) as e:

@@ -12,10 +12,14 @@ Speed. Everything that does not depend on the edges is computed once (each strat
 level, the splits, the cumulative costs); a trial only digitizes the scores, encodes keys, and runs bincount-based
 Algorithm 1 and a gather-based Algorithm 2 for all R splits at once.
 
-Scaling out. ``storage`` is an Optuna storage: an RDB URL (``sqlite:///tuning.db``, ``postgresql://...``) or
-``journal:PATH`` for a journal file; processes or machines that call :func:`tune_bin_edges` with the same
-storage, study name and data share one study (give each a different ``worker_id`` so their samplers differ).
-``n_trials`` counts the trials of one call (one worker).
+Scaling out. ``storage`` is an Optuna storage object, made by the caller (e.g.
+:func:`ls_backend.loop.tuning.make_storage` from ``sqlite:///tuning.db`` or ``journal:PATH``); processes or
+machines that call :func:`tune_bin_edges` with the same storage, study name and data share one study (give each a
+different ``worker_id`` so their samplers differ). ``n_trials`` counts the trials of one call (one worker).
+
+Purity. This module opens no file and changes no process-wide state: where the trials are stored is the caller's
+storage, and how loud Optuna's per-trial log is, the entry point's choice
+(:func:`ls_backend.loop.tuning.quiet_optuna`).
 """
 
 from __future__ import annotations
@@ -170,25 +174,6 @@ class QuantileEdgeSpace:
         return result
 
 
-def make_storage(storage: str | None) -> optuna.storages.BaseStorage | str | None:
-    """An Optuna storage from a URL: None (in memory), ``journal:PATH`` (journal file) or an RDB URL."""
-    if storage is None:
-        return None
-    if storage.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        path = storage.removeprefix("journal:").removeprefix("//")
-        if not path:
-            raise ValueError("journal storage needs a path: journal:PATH")
-        return JournalStorage(JournalFileBackend(path))
-    if "://" not in storage:
-        raise ValueError(
-            f"storage must be an RDB URL (sqlite:///file.db, ...) or journal:PATH, got {storage!r}"
-        )
-    return storage
-
-
 @dataclass
 class TuningResult:
     """The best edges found, their objective value (mean F1) and the study."""
@@ -215,7 +200,7 @@ def tune_bin_edges(
     positive_class: int | None = None,
     strategies: Sequence[Strategy | str] | None = None,
     n_classes: int | None = None,
-    storage: str | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
     study_name: str = DEFAULT_STUDY_NAME,
     n_jobs: int = 1,
     show_progress_bar: bool = False,
@@ -242,20 +227,14 @@ def tune_bin_edges(
 
     sampler_seed = int(np.random.SeedSequence([seed, worker_id]).generate_state(1)[0])
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True)
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(
-            storage=make_storage(storage), study_name=study_name, direction="maximize", sampler=sampler,
-            load_if_exists=True,
-        )  # fmt: skip
-        if not study.trials:
-            study.enqueue_trial(space.equal_params())
-        study.optimize(
-            objective, n_trials=n_trials, n_jobs=n_jobs, timeout=timeout, show_progress_bar=show_progress_bar
-        )
-    finally:
-        optuna.logging.set_verbosity(previous)
+    study = optuna.create_study(
+        storage=storage, study_name=study_name, direction="maximize", sampler=sampler, load_if_exists=True
+    )
+    if not study.trials:
+        study.enqueue_trial(space.equal_params())
+    study.optimize(
+        objective, n_trials=n_trials, n_jobs=n_jobs, timeout=timeout, show_progress_bar=show_progress_bar
+    )
     best = study.best_trial
     return TuningResult(
         edges=space.edges(best.params),

@@ -26,6 +26,7 @@ from ls_backend.calibration import BiasCorrection, Calibrator, corrected, make_c
 from ls_backend.ensemble.bins import quantile_edges
 from ls_backend.ensemble.policy import CascadePolicy, train_policy
 from ls_backend.loop.model import ServingModel, calibrated_answers, check_answer_rules
+from ls_backend.loop.tuning import make_storage
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def fit_in_task_model(
     if n >= settings.min_tuning_labels:
         from ls_backend.ensemble.tuning import tune_bin_edges
 
-        options: dict[str, Any] = {"storage": storage} if storage is not None else {}
+        options: dict[str, Any] = {"storage": make_storage(storage)} if storage is not None else {}
         tuned = (tune or tune_bin_edges)(
             fit_answers, fit_scores, labels, costs=costs, n_bins=settings.n_bins, n_trials=settings.n_trials,
             n_splits=settings.n_splits, seed=settings.seed, lam=settings.lam, n_classes=len(classes),

@@ -30,11 +30,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ls_backend.files import atomic_write_text
+
+if TYPE_CHECKING:
+    import optuna
 
 NICENESS = 10
 """How much lower the tuning process's CPU priority is than the server's (request threads go first)."""
@@ -182,6 +185,33 @@ def lower_priority(niceness: int) -> str:
     return ", ".join(done) or "unchanged"
 
 
+def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    """An Optuna storage for :func:`ls_backend.ensemble.tuning.tune_bin_edges` from a URL: None (in memory),
+    ``journal:PATH`` (a journal file) or an RDB URL (``sqlite:///tuning.db``, ``postgresql://...``)."""
+    if url is None:
+        return None
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url.removeprefix("journal:").removeprefix("//")
+        if not path:
+            raise ValueError("journal storage needs a path: journal:PATH")
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    if "://" not in url:
+        raise ValueError(f"storage must be an RDB URL (sqlite:///file.db, ...) or journal:PATH, got {url!r}")
+    return optuna.storages.RDBStorage(url)
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial at INFO on its own handler; an entry point that tunes (``lwc``, the tuning child,
+    the benchmarks) keeps only its warnings."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The child: read the request, tune, write the reply (``python -m ls_backend.loop.tuning IN OUT``)."""
     parser = argparse.ArgumentParser(description="tune cascade bin edges (run by the retrain worker)")
@@ -192,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     lower_priority(args.nice)
+    quiet_optuna()
     from ls_backend.ensemble.tuning import tune_bin_edges
 
     with np.load(args.request, allow_pickle=False) as data:
