@@ -198,6 +198,29 @@ def test_a_failing_score_function_fails_the_retrain_and_frees_the_lock(stores, p
     assert lock_is_free(versions.lock_path)
 
 
+def test_a_worker_logs_a_failing_retrain_check_and_keeps_running(stores, project, caplog) -> None:
+    store, versions = stores
+    config = LoopConfig(**{**FAST.to_dict(), "retrain_every": 100})
+    worker = Worker(1, store, versions, project.score_fn, config, poll_s=0.02)
+    checks = []
+
+    def broken() -> bool:
+        checks.append(time.monotonic())
+        raise RuntimeError("database is locked")
+
+    worker.retrain_due = broken  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="ls_backend.loop.trainer"):
+        worker.start()
+        try:
+            deadline = time.monotonic() + 10
+            while len(checks) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            worker.stop()
+    assert len(checks) >= 3  # the thread survived the first failure and checked again
+    assert "checking whether a retrain is due failed" in caplog.text and "database is locked" in caplog.text
+
+
 def test_worker_retrains_every_n_labels_and_on_request(stores, project) -> None:
     store, versions = stores
     config = LoopConfig(**{**FAST.to_dict(), "retrain_every": 100})

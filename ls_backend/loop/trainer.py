@@ -802,9 +802,13 @@ class Worker:
                     logger.debug("worker of project %s: idle, its thread stops", self.project)
                     return
             self._take_admin_request()
-            with contextlib.suppress(Exception):
+            try:
                 if not self._pending and self.retrain_due():
                     self.request_retrain("every_n_labels")
+            except Exception:  # the label store failing: logged, and the next notice or poll checks again
+                logger.exception(
+                    "worker of project %s: checking whether a retrain is due failed", self.project
+                )
             with self._condition:
                 if not self._pending:
                     continue
