@@ -101,3 +101,19 @@ def test_no_pickle_anywhere():
     for path in PACKAGE.rglob("*.py"):
         _, external = _project_imports(path)
         assert not external & {"pickle", "dill", "joblib", "cloudpickle"}, path
+
+
+def test_reading_the_server_config_loads_neither_flask_nor_the_app():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ls_backend.server.config, ls_backend.server\n"
+        "heavy = sorted(m for m in ('flask', 'torch', 'transformers', 'ls_backend.server.app') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "from ls_backend.server import create_app, LabelSpec\n"
+        "assert 'flask' in sys.modules and callable(create_app) and LabelSpec.__name__ == 'LabelSpec'\n"
+        "assert sorted(ls_backend.server.__all__) == sorted(ls_backend.server._HOMES)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
