@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from ls_backend.calibration import make_calibrator
-from ls_backend.loop import LabelStore, LoopConfig, ServingModel, VersionStore, retrain, weighted_ace
+from ls_backend.loop import LabelStore, LoopConfig, ServingModel, VersionStore, retrain
 from ls_backend.loop.routing import draw_calibration_sample
 from ls_backend.loop.simulation import synthetic_project
 from ls_backend.loop.tuning import quiet_optuna
 from ls_backend.loop.weighting import calibration_weights
+from ls_backend.metrics import weighted_ace
 from ls_backend.synthetic import make_synthetic_scores
 
 REPO = Path(__file__).resolve().parents[1]

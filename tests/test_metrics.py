@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torchmetrics.functional.classification import binary_calibration_error
 
-from ls_backend.metrics import ace, brier_score, ece, nll, reliability_curve, summarize
+from ls_backend.metrics import (
+    ace,
+    brier_score,
+    ece,
+    nll,
+    reliability_bins,
+    reliability_curve,
+    summarize,
+    weighted_ace,
+)
 
 torch.set_num_threads(1)
 
@@ -248,3 +257,37 @@ def test_roc_auc_matches_torchmetrics(data: st.DataObject) -> None:
         positives[0] = 1 - positives[0]
     expected = binary_auroc(torch.tensor(margins), torch.tensor(positives)).item()
     assert roc_auc(margins, positives) == pytest.approx(expected, abs=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 7), st.floats(0.1, 5.0), st.integers(0, 10_000))
+def test_weighted_ace_with_equal_weights_is_ace(n: int, n_bins: int, weight: float, seed: int) -> None:
+    """One binning rule: any n (divisible by n_bins or not), any common weight, ties included."""
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.random(n), 1)
+    hits = rng.random(n) < scores
+    expected = ace(scores, hits, n_bins)
+    assert weighted_ace(scores, hits, None, n_bins) == pytest.approx(expected, abs=1e-12)
+    assert weighted_ace(scores, hits, np.full(n, weight), n_bins) == pytest.approx(expected, abs=1e-12)
+    curve = reliability_bins(scores, hits, None, n_bins)
+    gaps = np.abs(np.array(curve["mean_score"]) - np.array(curve["hit_rate"]))
+    assert gaps.mean() == pytest.approx(expected, abs=1e-12) and sum(curve["count"]) == n
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 10_000))
+def test_an_integer_weight_is_the_item_repeated(n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.random(n), 1)
+    hits = rng.random(n) < scores
+    weights = rng.integers(1, 4, n)
+    repeated = weighted_ace(np.repeat(scores, weights), np.repeat(hits, weights), None, 1)
+    assert weighted_ace(scores, hits, weights.astype(float), 1) == pytest.approx(repeated)
+
+
+def test_weighted_ace_refuses_bad_weights() -> None:
+    scores, hits = np.array([0.2, 0.9]), np.array([False, True])
+    with pytest.raises(ValueError, match="weights must"):
+        weighted_ace(scores, hits, np.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match="shape"):
+        weighted_ace(scores, hits, np.array([1.0]))

@@ -1,5 +1,5 @@
 """The server against the ML backend protocol of Label Studio 1.23.2: every captured request replayed
-(/work/shared/ls-protocol/captures), bad input, large and concurrent /predict calls.
+(``shared/ls-protocol/captures`` beside the checkout), bad input, large and concurrent /predict calls.
 
 The predictor is the real :class:`CascadePredictor` built from a config with two real but tiny LLMs: the Hugging
 Face adapter on two 2-layer random-weight Llamas saved to local folders (``tiny_llm_dirs`` in conftest.py), and a
@@ -31,7 +31,7 @@ from ls_backend.server.projects import LabelStudioAccess, ProjectDescriptions
 
 torch.set_num_threads(1)
 
-CAPTURES = Path("/work/shared/ls-protocol/captures")
+CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "ls-protocol" / "captures"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BINARY = (REPO_ROOT / "label_config" / "binary_yes_no.xml").read_text()
 MULTICLASS = (REPO_ROOT / "label_config" / "multiclass.xml").read_text()

@@ -7,7 +7,7 @@ The server's entry points: :class:`LabelStore` (``record_event`` for /webhook, `
 """
 
 from ls_backend.loop.events import AnnotationRecord, LabelingConfig, MalformedEvent
-from ls_backend.loop.model import ServedPredictions, ServingModel, threshold_policy, weighted_ace
+from ls_backend.loop.model import ServedPredictions, ServingModel, threshold_policy
 from ls_backend.loop.routing import (
     BANDS,
     CalibrationDraw,
@@ -55,5 +55,4 @@ __all__ = [
     "retrain",
     "retrain_lock",
     "threshold_policy",
-    "weighted_ace",
 ]

@@ -26,6 +26,7 @@ import numpy as np
 from ls_backend.calibration import Calibrator, calibrator_from_dict, make_calibrator
 from ls_backend.ensemble.policy import GO_DEEPER, CascadePolicy, CascadeResult
 from ls_backend.ensemble.strategies import level_strategy_ids, resolve_strategies
+from ls_backend.metrics import reliability_bins, weighted_ace
 
 LLMScoreFunction = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """``score_llm(k, item_indices) -> (answers (m,), class logits (m, C), costs (m,))`` for LLM k (0 = cheapest)."""
@@ -321,38 +322,6 @@ class ServingModel:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def weighted_ace(
-    scores: np.ndarray, hits: np.ndarray, weights: np.ndarray | None = None, n_bins: int = 10
-) -> float:
-    """The paper's equation 2 (ACE) with item weights: items sorted by score (misses first among ties) and cut
-    into ``n_bins`` bins of equal total weight; mean over non-empty bins of |weighted mean score - hit rate|.
-
-    With equal weights and n divisible by n_bins it equals :func:`ls_backend.metrics.ace`.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    h = np.asarray(hits, dtype=np.float64)
-    w = np.ones_like(s) if weights is None else np.asarray(weights, dtype=np.float64)
-    if s.ndim != 1 or s.shape != h.shape or s.shape != w.shape:
-        raise ValueError(
-            f"scores, hits and weights must be 1-d of one length, got {s.shape}, {h.shape}, {w.shape}"
-        )
-    if s.size == 0:
-        raise ValueError("weighted_ace: no items")
-    if not np.isfinite(s).all() or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError("weighted_ace: scores must be finite and weights finite, >= 0, with a positive sum")
-    order = np.lexsort((h, s))
-    s, h, w = s[order], h[order], w[order]
-    middle = (np.cumsum(w) - 0.5 * w) / w.sum()
-    bins = np.minimum((middle * n_bins).astype(np.int64), n_bins - 1)
-    total = np.bincount(bins, weights=w, minlength=n_bins)
-    gaps = np.abs(
-        np.bincount(bins, weights=w * s, minlength=n_bins)
-        - np.bincount(bins, weights=w * h, minlength=n_bins)
-    )
-    filled = total > 0
-    return float((gaps[filled] / total[filled]).mean())
-
-
 def evaluate(
     model: ServingModel,
     logits: np.ndarray,
@@ -390,21 +359,3 @@ def evaluate(
         result["ace"] = weighted_ace(s, h, w, bins)
         result["reliability"] = reliability_bins(s, h, w, bins)
     return result
-
-
-def reliability_bins(
-    scores: np.ndarray, hits: np.ndarray, weights: np.ndarray, n_bins: int
-) -> dict[str, list[float]]:
-    """Weighted mean score, hit rate and weight of the equal-weight bins of :func:`weighted_ace` (for plots)."""
-    order = np.lexsort((hits, scores))
-    s, h, w = scores[order], hits[order].astype(np.float64), weights[order]
-    middle = (np.cumsum(w) - 0.5 * w) / w.sum()
-    bins = np.minimum((middle * n_bins).astype(np.int64), n_bins - 1)
-    total = np.bincount(bins, weights=w, minlength=n_bins)
-    filled = total > 0
-    return {
-        "mean_score": (np.bincount(bins, weights=w * s, minlength=n_bins)[filled] / total[filled]).tolist(),
-        "hit_rate": (np.bincount(bins, weights=w * h, minlength=n_bins)[filled] / total[filled]).tolist(),
-        "weight": total[filled].tolist(),
-        "count": np.bincount(bins, minlength=n_bins)[filled].tolist(),
-    }

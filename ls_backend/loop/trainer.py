@@ -32,10 +32,11 @@ import numpy as np
 from ls_backend.calibration import BiasCorrection, Calibrator, CorrectedCalibrator, make_calibrator
 from ls_backend.files import atomic_write_text
 from ls_backend.loop.fitting import InTaskSettings, fit_in_task_model
-from ls_backend.loop.model import ServingModel, check_answer_rules, evaluate, reliability_bins, weighted_ace
+from ls_backend.loop.model import ServingModel, check_answer_rules, evaluate
 from ls_backend.loop.store import LabelStore
 from ls_backend.loop.versions import ModelVersion, VersionStore, utc_now
 from ls_backend.loop.weighting import ReviewUse, calibration_weights
+from ls_backend.metrics import reliability_bins, weighted_ace
 from ls_backend.student import NAME as STUDENT
 from ls_backend.student import EmbeddingStudent
 
