@@ -42,6 +42,7 @@ if str(REPO_ROOT) not in sys.path:  # run from a fresh clone without installing 
     sys.path.insert(0, str(REPO_ROOT))
 
 from ls_backend import calibration, confidence, metrics  # noqa: E402
+from ls_backend.benchmark.inputs import apply_costs  # noqa: E402
 from ls_backend.experiments import (  # noqa: E402
     UNCALIBRATED,
     CalibrationExperiment,
@@ -120,25 +121,6 @@ def load_table(scores: Path, tasks: Path | None) -> tuple[ScoresTable, dict[str,
 
 def subtable(table: ScoresTable, names: Iterable[str]) -> ScoresTable:
     return ScoresTable({name: table[name] for name in names})
-
-
-def apply_costs(table: ScoresTable, path: Path) -> ScoresTable:
-    """The table with every item's cost set to its (LLM, task) seconds per item from a costs file of
-    ``scripts/measure_costs.py``; every LLM and task of the table must be in it."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    per_llm = data.get("llms") if isinstance(data, dict) else None
-    if not isinstance(per_llm, dict):
-        raise ValueError(f"{path}: not a costs file of scripts/measure_costs.py (no 'llms' object)")
-    tasks: dict[str, TaskScores] = {}
-    for task in table:
-        costs = np.empty_like(task.costs)
-        for li, llm in enumerate(task.llms):
-            value = per_llm.get(llm, {}).get("tasks", {}).get(task.name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{path}: no valid seconds per item for LLM {llm!r} on task {task.name!r}")
-            costs[li] = float(value)
-        tasks[task.name] = replace(task, costs=costs)
-    return ScoresTable(tasks)
 
 
 def task_embeddings(table: ScoresTable, path: Path | None) -> Mapping[str, np.ndarray] | Callable[..., Any]:
@@ -1559,7 +1541,12 @@ def answer_quality(
     )
     defaults = CascadeSettings()
     served = Recipe(defaults.correction, defaults.calibrator, defaults.answer)
-    study_settings = StudySettings(repeats=settings.answer_repeats, seed=settings.seed, served=served)
+    study_settings = StudySettings(
+        repeats=settings.answer_repeats,
+        seed=settings.seed,
+        served=served,
+        cost_weight=LoopConfig().cost_weight,
+    )
     say = (lambda view: print(f"answer study: {view}", file=sys.stderr, flush=True)) if progress else None
     costs = json.loads(costs_file.read_text(encoding="utf-8")) if costs_file is not None else {}
     student_costs = costs.get("student", {}).get("tasks")

@@ -222,3 +222,26 @@ def test_project_corrections_come_from_the_score_cache(tmp_path) -> None:
         raise RuntimeError("this LLM cannot score an empty text")
 
     assert ProjectCorrections().state("CC", key, cache, 50, broken).corrections == (None,)
+
+
+def test_a_cost_weight_in_the_tasks_own_units_makes_the_policy_stop_earlier() -> None:
+    logits, labels, costs = biased_outputs(300, seed=8)
+    fits = {}
+    for weight in (0.0, 0.3, 5.0):
+        settings = InTaskSettings(cost_weight=weight)
+        # the same weight whatever the cost unit: seconds or milliseconds give one lam per unit of cost
+        assert settings.lam_for(costs * 1000.0) == pytest.approx(settings.lam_for(costs) / 1000.0)
+        fits[weight] = fit_in_task_model(
+            LLMS, CLASSES, logits[:, :200], logits[:, :200].argmax(axis=2), labels[:200], costs[:, :200],
+            [None] * 3, "calibrated", settings,
+        )  # fmt: skip
+    assert InTaskSettings().lam_for(costs) == 0.0
+    assert InTaskSettings(cost_weight=1.0).lam_for(costs) == pytest.approx(1.0 / costs.sum(axis=0).mean())
+    depth = {
+        w: f.model.predict(logits[:, 200:], logits[:, 200:].argmax(axis=2), costs[:, 200:]).depth.mean()
+        for w, f in fits.items()
+    }
+    assert depth[5.0] <= depth[0.3] <= depth[0.0] and depth[5.0] < depth[0.0]
+    assert depth[5.0] == pytest.approx(
+        1.0
+    )  # asking everything is worth far less than it costs: the first only

@@ -83,3 +83,11 @@ def test_the_packaged_prompts_are_the_ones_the_prompt_study_chose() -> None:
         chosen = next(v for v in result["variants"] if v["name"] == result["chosen"])
         assert PACKAGED_MODELS[name].prompt == chosen["prompt"], name
         assert PACKAGED_MODELS[name].few_shot == chosen["few_shot"], name
+
+
+def test_the_loop_cost_weight_is_the_one_its_study_chose() -> None:
+    from ls_backend.loop.trainer import COST_WEIGHT
+
+    table = (REPO_ROOT / "docs" / "benchmark" / "cost_weight.md").read_text(encoding="utf-8")
+    chosen = re.findall(r"^\| ([0-9.]+) \(chosen\) \|", table, flags=re.M)
+    assert chosen == [f"{COST_WEIGHT:g}"]

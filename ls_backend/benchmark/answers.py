@@ -234,6 +234,9 @@ class StudySettings:
     ace_bins: int = 10
     served: Recipe | None = None
     """The product's recipe: measured with labels with each calibrator as well, where it is not the chosen one."""
+    cost_weight: float = 0.0
+    """The learning loop's ``cost_weight`` (:class:`ls_backend.loop.fitting.InTaskSettings`) for every in-task fit
+    but the paper's recipe (whose policy is the paper's hits-only Algorithm 1)."""
 
 
 def run_answer_study(
@@ -416,7 +419,9 @@ def _in_task(
         for fit, rest in draws:
             fitted = fit_in_task_model(
                 t.llms, t.classes, t.logits[:, fit], t.answers[:, fit], t.labels[fit], t.costs[:, fit],
-                corrections, recipe.answer, InTaskSettings(calibrator=recipe.calibrator),
+                corrections, recipe.answer,
+                InTaskSettings(calibrator=recipe.calibrator,
+                               cost_weight=0.0 if recipe == PAPER else settings.cost_weight),
             )  # fmt: skip
             result = fitted.model.predict(t.logits[:, rest], t.answers[:, rest], t.costs[:, rest])
             cascade_runs.append(outcome(result.predictions, result.scores, t.labels[rest], t.classes,
@@ -458,7 +463,8 @@ def _with_student(
             # as the learning loop fits it: the student answers with its own argmax, the LLMs by the recipe's rule
             fitted = fit_in_task_model(
                 members, t.classes, logits_fit, answers_fit, t.labels[fit], costs_fit, [None, *corrections],
-                ["llm", *([recipe.answer] * len(t.llms))], InTaskSettings(calibrator=recipe.calibrator),
+                ["llm", *([recipe.answer] * len(t.llms))],
+                InTaskSettings(calibrator=recipe.calibrator, cost_weight=settings.cost_weight),
                 student=student,
             )  # fmt: skip
             result = fitted.model.predict(logits_rest, answers_rest, costs_rest)

@@ -98,7 +98,12 @@ def train_oot_policy(
 class InTaskSettings:
     """How :func:`fit_in_task_model` fits: calibrator name, bins per LLM, the label count from which bin edges
     are tuned (below it: ``max(2, min(n_bins, n // 20))`` equal-frequency bins), tuning trials, splits, seed,
-    cost weight and the tuner's time cap."""
+    cost weights and the tuner's time cap.
+
+    ``lam`` is the policy's cost weight in hits per unit of cost (the LLMs' unit); ``cost_weight`` adds one in
+    units of the task's own costs: hits per item that asking every member is worth, so going deeper for a bin must
+    gain more than ``cost_weight`` x (its extra cost / the cost of all members) hits per item
+    (:meth:`lam_for`)."""
 
     calibrator: str = "ST"
     n_bins: int = 10
@@ -108,6 +113,13 @@ class InTaskSettings:
     seed: int = 0
     lam: float = 0.0
     tuning_timeout_s: float | None = 20.0
+    cost_weight: float = 0.0
+
+    def lam_for(self, costs: np.ndarray) -> float:
+        """The policy's cost weight for items with these member costs (L, n): ``lam`` + ``cost_weight`` / the
+        mean cost per item of asking every member."""
+        full = float(np.asarray(costs, dtype=np.float64).sum(axis=0).mean()) if np.size(costs) else 0.0
+        return self.lam + (self.cost_weight / full if self.cost_weight and full > 0 else 0.0)
 
 
 @dataclass
@@ -159,13 +171,14 @@ def fit_in_task_model(
         ]
     fit_answers, fit_scores = calibrated_answers(calibrators, logits, answers, rules)
     n = labels.size
+    lam = settings.lam_for(costs)
     if n >= settings.min_tuning_labels:
         from ls_backend.ensemble.tuning import tune_bin_edges
 
         options: dict[str, Any] = {"storage": make_storage(storage)} if storage is not None else {}
         tuned = (tune or tune_bin_edges)(
             fit_answers, fit_scores, labels, costs=costs, n_bins=settings.n_bins, n_trials=settings.n_trials,
-            n_splits=settings.n_splits, seed=settings.seed, lam=settings.lam, n_classes=len(classes),
+            n_splits=settings.n_splits, seed=settings.seed, lam=lam, n_classes=len(classes),
             timeout=settings.tuning_timeout_s, **options,
         )  # fmt: skip
         edges, tuning = tuned.edges, {"n_trials": tuned.n_trials, "best_f1": tuned.best_value}
@@ -176,7 +189,7 @@ def fit_in_task_model(
         edges = [quantile_edges(fit_scores[k], bins) for k in range(n_llms)]
         tuning = {"n_trials": 0, "equal_frequency_bins": bins}
     policy = train_policy(
-        fit_answers, fit_scores, labels, edges, costs=costs, lam=settings.lam, n_classes=len(classes),
+        fit_answers, fit_scores, labels, edges, costs=costs, lam=lam, n_classes=len(classes),
         llms=llms, classes=classes, calibrators=[c.to_dict() for c in calibrators], metadata={"tuning": tuning},
     )  # fmt: skip
     model = ServingModel(llms, classes, list(calibrators), policy, rules, student)

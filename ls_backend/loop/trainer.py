@@ -50,6 +50,12 @@ TuneEdges = Callable[..., Any]
 ``n_trials`` and ``best_value`` (:func:`ls_backend.loop.tuning.tune_in_subprocess` runs it in another process)."""
 
 
+COST_WEIGHT = 0.3
+"""The learning loop's default ``cost_weight``, chosen by ``scripts/cost_weight_study.py``: the largest weight of
+its grid whose mean accuracy on the benchmark, over every label count, stays within ``accuracy_tolerance`` (the
+promotion guard's) of weight 0 (docs/benchmark/cost_weight.md)."""
+
+
 @dataclass
 class LoopConfig:
     """Settings of the learning loop (per project; the server may read them from its configuration).
@@ -63,7 +69,10 @@ class LoopConfig:
         n_bins: bins per LLM of the tuned policy.
         n_trials: Optuna trials of the bin-edge tuning; ``tuning_timeout_s`` caps its time (None: no cap).
         n_splits: inner train/test splits per trial.
-        lam: cost weight of the policy's reward (0: accuracy only).
+        lam: cost weight of the policy's reward in hits per unit of the LLMs' cost (0: accuracy only).
+        cost_weight: a cost weight in the project's own units, added to ``lam``: hits per item that asking every
+            member (the student and all LLMs) is worth (:class:`ls_backend.loop.fitting.InTaskSettings`); the
+            default is chosen by ``scripts/cost_weight_study.py`` (docs/benchmark/cost_weight.md).
         min_train_labels: fewer training labels than this: no retrain.
         min_tuning_labels: fewer than this: equal-frequency edges with ``max(2, n // 20)`` bins instead of tuning.
         min_calibration_labels: fewer calibrator labels than this: the serving version's calibrators are kept.
@@ -91,6 +100,7 @@ class LoopConfig:
     tuning_timeout_s: float | None = 20.0
     n_splits: int = 5
     lam: float = 0.0
+    cost_weight: float = COST_WEIGHT
     min_train_labels: int = 20
     min_tuning_labels: int = 200
     min_calibration_labels: int = 10
@@ -113,6 +123,11 @@ class LoopConfig:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.n_bins < 2 or self.n_trials < 1 or self.n_splits < 1:
             raise ValueError("n_bins must be >= 2, n_trials and n_splits >= 1")
+        if not (math.isfinite(self.lam) and self.lam >= 0 and math.isfinite(self.cost_weight)
+                and self.cost_weight >= 0):  # fmt: skip
+            raise ValueError(
+                f"lam and cost_weight must be finite and >= 0, got {self.lam}, {self.cost_weight}"
+            )
         if self.retrain_every < 0:
             raise ValueError(f"retrain_every must be >= 0, got {self.retrain_every}")
         if self.cv_folds < 0 or self.cv_folds == 1:
@@ -126,7 +141,7 @@ class LoopConfig:
         return InTaskSettings(
             calibrator=self.calibrator, n_bins=self.n_bins, min_tuning_labels=self.min_tuning_labels,
             n_trials=self.n_trials, n_splits=self.n_splits, seed=self.seed, lam=self.lam,
-            tuning_timeout_s=self.tuning_timeout_s,
+            tuning_timeout_s=self.tuning_timeout_s, cost_weight=self.cost_weight,
         )  # fmt: skip
 
     @classmethod

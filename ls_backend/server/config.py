@@ -115,6 +115,7 @@ PROJECT_SETTINGS: dict[str, Rule] = {
     "loop.tuning_timeout_s": Number(0.0, low_open=True, at_most_server=True, nullable=True),
     "loop.n_splits": Integer(1, at_most_server=True),
     "loop.lam": Number(0.0),
+    "loop.cost_weight": Number(0.0),
     "loop.min_train_labels": Integer(1),
     "loop.min_tuning_labels": Integer(1),
     "loop.min_calibration_labels": Integer(1),
