@@ -43,6 +43,7 @@ if str(REPO_ROOT) not in sys.path:  # run from a fresh clone without installing 
 
 from ls_backend import calibration, confidence, metrics  # noqa: E402
 from ls_backend.benchmark.inputs import apply_costs  # noqa: E402
+from ls_backend.benchmark.markdown import fmt, markdown_table, pct, pval  # noqa: E402
 from ls_backend.experiments import (  # noqa: E402
     UNCALIBRATED,
     CalibrationExperiment,
@@ -518,47 +519,6 @@ def scenario_task_pairs(experiment: CalibrationExperiment, a_key: Callable[[str]
 
 
 # ------------------------------------------------------------------------------------------------- formatting
-
-
-def fmt(value: Any, decimals: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float | np.floating):
-        return "-" if not math.isfinite(float(value)) else f"{float(value):.{decimals}f}"
-    return str(value)
-
-
-def pct(value: float) -> str:
-    return "-" if not math.isfinite(value) else f"{value * 100:+.1f}%"
-
-
-def pval(p: float) -> str:
-    if not math.isfinite(p):
-        return "-"
-    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def markdown_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
-) -> str:
-    right = right or [False] + [True] * (len(header) - 1)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-
-    def line(cells: Sequence[str]) -> str:
-        return (
-            "| "
-            + " | ".join(
-                c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
-            )
-            + " |"
-        )
-
-    separator = (
-        "|"
-        + "|".join(("-" * (w + 1) + ":") if r else "-" * (w + 2) for w, r in zip(widths, right, strict=True))
-        + "|"
-    )
-    return "\n".join([line(header), separator, *(line(r) for r in rows)])
 
 
 def _short(key: str) -> str:
