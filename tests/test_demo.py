@@ -24,8 +24,9 @@ def test_demo_prints_predictions_url_and_login(label_studio: Any, tmp_path: Path
         sys.executable, str(REPO_ROOT / "scripts" / "demo.py"),
         "--config", str(REPO_ROOT / "tests" / "fixtures" / "demo_smollm2.yaml"),
         "--tasks", "8", "--backend-port", str(free_port()), "--model-dir", str(tmp_path / "models"),
-        "--ls-url", label_studio.url, "--ls-token", label_studio.token,
-        "--ls-user", label_studio.username, "--ls-password", label_studio.password, "--exit-after", "0",
+        # "--opt=value": a generated secret may start with "-", which argparse would read as an option
+        f"--ls-url={label_studio.url}", f"--ls-token={label_studio.token}",
+        f"--ls-user={label_studio.username}", f"--ls-password={label_studio.password}", "--exit-after", "0",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     out = done.stdout

@@ -99,7 +99,8 @@ class LabelStudioServer:
         self.venv = venv
         self.data_dir = data_dir or DEFAULT_STATE_DIR / f"data-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.username = "admin@example.com"
-        self.password = secrets.token_urlsafe(12)
+        # hex: a password that starts with "-" is read as an option when pasted into a command line
+        self.password = secrets.token_hex(12)
         self.token = secrets.token_hex(20)  # a legacy token is 40 characters
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "label-studio.log"
