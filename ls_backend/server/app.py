@@ -30,7 +30,6 @@ version); a task the model failed on gets an empty list (no prediction stored, a
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import logging
 import os
@@ -55,6 +54,7 @@ from werkzeug.exceptions import (
 from ls_backend import __version__
 from ls_backend.loop.events import exceeds_depth, label_studio_id, text_may_exceed_depth
 from ls_backend.loop.jobs import MODES, JobConflict
+from ls_backend.server.auth import AUTH_REQUIRED, has_basic_auth
 from ls_backend.server.config import BackendConfig, ConfigError, load_config, parse_extra_params
 from ls_backend.server.labeling import LabelConfigError, LabelSpec, parse_label_config
 from ls_backend.server.learning import LearningLoop, ProjectLimitError
@@ -73,13 +73,13 @@ from ls_backend.server.projects import (
     parse_project_id,
 )
 from ls_backend.server.telemetry import ServerMetrics
+from ls_backend.server.webhooks import WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 
 AUTH_USER_ENV = "BASIC_AUTH_USER"
 AUTH_PASS_ENV = "BASIC_AUTH_PASS"
 WEBHOOK_SECRET_ENV = "WEBHOOK_SECRET"
-WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 MAX_BODY_BYTES = 256 * 1024 * 1024
 # consecutive single-task failures, with no success, after which the model is taken to be broken
 SYSTEMATIC_FAILURES = 3
@@ -286,6 +286,8 @@ def create_app(
         loop.on_job_predictions = functools.partial(_record_job_predictions, state)
     _register_hooks(app, state)
     _register_routes(app, state)
+    # POST /webhook is answered before Flask's request machinery (see ls_backend.server.webhooks for why)
+    app.wsgi_app = WebhookEndpoint(state, app.wsgi_app, MAX_BODY_BYTES)  # type: ignore[method-assign]
     if warm_up:
         state.warm_up()
     if loop is not None:
@@ -306,19 +308,8 @@ def _register_hooks(app: Flask, state: BackendState) -> None:
             g.counted = True
         if state.auth is None or request.path == "/health":
             return
-        if request.path == "/webhook" and state.webhook_secret and _has_webhook_secret(state.webhook_secret):
-            return
-        given = request.authorization
-        user_ok = given is not None and hmac.compare_digest(
-            (given.username or "").encode(), state.auth[0].encode()
-        )
-        pass_ok = given is not None and hmac.compare_digest(
-            (given.password or "").encode(), state.auth[1].encode()
-        )
-        if not (user_ok and pass_ok):
-            raise Unauthorized(
-                "this backend requires HTTP basic auth (set it in Label Studio's model settings)"
-            )
+        if not has_basic_auth(request.headers.get("Authorization"), state.auth):
+            raise Unauthorized(AUTH_REQUIRED)
 
     @app.after_request
     def record(response: Response) -> Response:
@@ -351,11 +342,6 @@ def _register_hooks(app: Flask, state: BackendState) -> None:
     def unexpected(e: Exception) -> tuple[Response, int]:
         logger.exception("%s %s failed", request.method, request.path)
         return jsonify({"error": f"{type(e).__name__}: {e}", "status": 500}), 500
-
-
-def _has_webhook_secret(secret: str) -> bool:
-    given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
-    return hmac.compare_digest(given.encode(), secret.encode())
 
 
 def _json_object(state: BackendState, optional: bool = False) -> dict[str, Any]:
@@ -695,27 +681,6 @@ def _register_routes(app: Flask, state: BackendState) -> None:
             for project_number in [number] if number is not None else state.learning.project_numbers():
                 known |= set(state.learning.version_names(project_number))
         return jsonify({"versions": sorted(known)})
-
-    @app.post("/webhook")
-    def webhook() -> Response:
-        if state.webhook_secret and state.auth is None and not _has_webhook_secret(state.webhook_secret):
-            raise Unauthorized(f"missing or wrong {WEBHOOK_SECRET_HEADER} header")
-        outcome = None
-        if state.learning is not None:  # stored (durably) before anything else, even what is refused below
-            outcome = state.learning.record_webhook(request.get_data(cache=True))
-        # the store parsed it (with the same depth limit); a body it could not read gets its 400 here
-        body = dict(outcome.body) if outcome is not None and outcome.body is not None else _json_object(state)
-        action = _require(body, "action", "the webhook event, e.g. ANNOTATION_CREATED")
-        if not isinstance(action, str):
-            raise BadRequest(f"'action' must be a string, got {type(action).__name__}")
-        state.descriptions.remember_from_payload(body)
-        reply: dict[str, Any] = {"status": "ok", "action": action}
-        if outcome is not None:
-            reply["outcome"] = outcome.outcome
-            if outcome.reason:
-                reply["reason"] = outcome.reason
-        logger.info("webhook %s: %s", action, reply.get("outcome", "acknowledged"))
-        return jsonify(reply)
 
     @app.get("/status")
     def status() -> Response:
