@@ -427,8 +427,11 @@ class LabelStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for item in batch:
-                    self._store_isolated(conn, item)
+                # ids are given here, not by the INSERT, so that an event is applied under its id (the change
+                # sequence of what it changes) and inserted once with its outcome: one statement fewer each
+                first_id = self._last_event_id(conn) + 1
+                for offset, item in enumerate(batch):
+                    self._store_isolated(conn, item, first_id + offset)
             except BaseException:
                 conn.execute("ROLLBACK")
                 self._configs.clear()
@@ -440,10 +443,16 @@ class LabelStore:
         for item in batch:
             item.done = True
 
-    def _store_isolated(self, db: sqlite3.Connection, item: _PendingEvent) -> None:
+    @staticmethod
+    def _last_event_id(db: sqlite3.Connection) -> int:
+        """The largest events id ever given (AUTOINCREMENT never gives one again, deleted or not)."""
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def _store_isolated(self, db: sqlite3.Connection, item: _PendingEvent, event_id: int) -> None:
         db.execute("SAVEPOINT event")
         try:
-            self._store_one(db, item)
+            self._store_one(db, item, event_id)
         except Exception as e:
             db.execute("ROLLBACK TO event")
             self._configs.clear()
@@ -451,7 +460,7 @@ class LabelStore:
                 raise
             logger.warning("event %s could not be applied and is stored as ignored: %r", item.action, e)
             try:
-                self._store_refused(db, item, f"malformed: {type(e).__name__}: {e}")
+                self._insert_event(db, item, event_id, "ignored", f"malformed: {type(e).__name__}: {e}")
             except Exception as refused:
                 db.execute("ROLLBACK TO event")
                 if _database_failure(refused):
@@ -459,19 +468,22 @@ class LabelStore:
                 item.error, item.event_id, item.outcome = refused, None, None
         db.execute("RELEASE event")
 
-    def _insert_event(self, db: sqlite3.Connection, item: _PendingEvent, project: int | None) -> int:
+    def _insert_event(
+        self, db: sqlite3.Connection, item: _PendingEvent, event_id: int, outcome: str, reason: str | None
+    ) -> None:
+        """Insert the event's row (raw payload, outcome and reason) and note them on the item."""
         stored = item.stored
         action = None if item.action is None else _storable(item.action)
-        cursor = db.execute(
-            "INSERT INTO events (project, action, origin, received_at, payload, payload_bytes, payload_sha256, "
-            "payload_truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (project, action, item.origin, time.time(), stored.text, stored.length, stored.sha256,
-             int(stored.truncated)),
+        reason = None if reason is None else _storable(reason)
+        db.execute(
+            "INSERT INTO events (id, project, action, origin, received_at, payload, payload_bytes, payload_sha256, "
+            "payload_truncated, outcome, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event_id, item.project, action, item.origin, time.time(), stored.text, stored.length, stored.sha256,
+             int(stored.truncated), outcome, reason),
         )  # fmt: skip
-        return int(cursor.lastrowid or 0)
+        item.event_id, item.outcome, item.reason = event_id, outcome, reason
 
-    def _store_one(self, db: sqlite3.Connection, item: _PendingEvent) -> None:
-        event_id = self._insert_event(db, item, item.project)
+    def _store_one(self, db: sqlite3.Connection, item: _PendingEvent, event_id: int) -> None:
         outcome: str
         reason: str | None
         if item.parse_error is not None:
@@ -482,16 +494,7 @@ class LabelStore:
                 outcome, reason = self._apply(db, event_id, item.project, item.action, item.body)
             except MalformedEvent as e:
                 outcome, reason = "ignored", f"malformed: {e}"
-        reason = None if reason is None else _storable(reason)
-        db.execute("UPDATE events SET outcome = ?, reason = ? WHERE id = ?", (outcome, reason, event_id))
-        item.event_id, item.outcome, item.reason = event_id, outcome, reason
-
-    def _store_refused(self, db: sqlite3.Connection, item: _PendingEvent, reason: str) -> None:
-        """Store an event that failed to apply: its raw payload, outcome ``ignored`` and the error as reason."""
-        event_id = self._insert_event(db, item, item.project)
-        reason = _storable(reason)
-        db.execute("UPDATE events SET outcome = 'ignored', reason = ? WHERE id = ?", (reason, event_id))
-        item.event_id, item.outcome, item.reason = event_id, "ignored", reason
+        self._insert_event(db, item, event_id, outcome, reason)
 
     def _apply(
         self, db: sqlite3.Connection, event_id: int, project: int | None, action: str | None, body: Mapping
@@ -523,21 +526,22 @@ class LabelStore:
 
     def _upsert(self, db: sqlite3.Connection, project: int, record: AnnotationRecord, seq: int) -> str:
         """Apply one annotation version: ``created``, ``updated``, ``unchanged``, ``stale`` or ``deleted``."""
-        row = db.execute(
-            "SELECT updated_at_us, deleted FROM annotations WHERE project = ? AND annotation_id = ?",
-            (project, record.annotation_id),
-        ).fetchone()
         values = (
             record.task_id, record.label, record.ignored_reason, record.updated_at_us, record.created_at_us,
             record.completed_by, int(record.ground_truth), seq, project, record.annotation_id,
         )  # fmt: skip
-        if row is None:
-            db.execute(
-                "INSERT INTO annotations (task_id, label, ignored_reason, updated_at_us, created_at_us, "
-                "completed_by, ground_truth, change_seq, project, annotation_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                values,
-            )
+        created = db.execute(
+            "INSERT INTO annotations (task_id, label, ignored_reason, updated_at_us, created_at_us, "
+            "completed_by, ground_truth, change_seq, project, annotation_id) VALUES (?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (project, annotation_id) DO NOTHING",
+            values,
+        )
+        if created.rowcount == 1:  # a new annotation (the common case) costs one statement
             return "created"
+        row = db.execute(
+            "SELECT updated_at_us, deleted FROM annotations WHERE project = ? AND annotation_id = ?",
+            (project, record.annotation_id),
+        ).fetchone()
         stored_at, deleted = row
         if deleted:
             return "deleted"
