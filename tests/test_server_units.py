@@ -188,7 +188,10 @@ def test_server_only_keys_and_their_defaults(tmp_path: Path, monkeypatch: pytest
     assert BackendConfig().resolved_oot_scores() == tmp_path / "env.jsonl"
     monkeypatch.delenv("LWC_MODEL_DIR")
     monkeypatch.delenv("LWC_OOT_SCORES")
-    assert BackendConfig().resolved_oot_scores().as_posix().endswith("docs/benchmark/scores.jsonl.gz")
+    # the public benchmark's table ships with the package, beside its tasks file
+    packaged = BackendConfig().resolved_oot_scores()
+    assert packaged.as_posix().endswith("ls_backend/data/benchmark/scores.jsonl.gz") and packaged.is_file()
+    assert BackendConfig().resolved_oot_tasks() == packaged.parent / "tasks.yaml"
 
 
 def test_every_setting_is_a_projects_or_the_servers() -> None:

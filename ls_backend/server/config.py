@@ -11,7 +11,7 @@ ML backend is connected) wins key by key, mappings merged recursively, lists rep
     max_tasks: 10000           # most tasks one /predict may carry
     confidence_bands: [0, 0.5, 0.6, 0.7, 0.8, 0.9, 1]   # the bands of the predictions metric
     model_dir: ...             # server only: score cache and out-of-task models (default $LWC_MODEL_DIR)
-    oot_scores: ...            # server only: other tasks' labeled scores (default: the public benchmark table)
+    oot_scores: ...            # server only: other tasks' labeled scores (default: the packaged benchmark table)
     oot_tasks: ...             # server only: their tasks file (default: tasks.yaml next to oot_scores)
     loop: {...}                # the learning loop: routing thresholds, retrain settings (LearningSettings)
     limits: {...}              # server only: projects, stored copies, JSON nesting (LimitSettings)
@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ls_backend.data import BENCHMARK_SCORES
 from ls_backend.loop.events import exceeds_depth
 from ls_backend.server.trust import (
     Choice,
@@ -65,8 +66,6 @@ KNOWN_KEYS = (
     "limits",
     *SERVER_ONLY_KEYS,
 )
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BENCHMARK_SCORES = Path("docs") / "benchmark" / "scores.jsonl.gz"
 CALIBRATOR_NAMES = ("none", "ST", "SV")
 CORRECTION_NAMES = ("none", "CC", "BC")  # ls_backend.calibration.CORRECTIONS
 ANSWER_NAMES = ("llm", "calibrated")  # ls_backend.loop.model.ANSWER_RULES
@@ -532,14 +531,10 @@ class BackendConfig:
         return Path.home() / ".cache" / "label-with-confidence" / "backend"
 
     def resolved_oot_scores(self) -> Path:
-        """Other tasks' labeled scores: ``oot_scores``, else ``$LWC_OOT_SCORES``, else the public benchmark table
-        committed at ``docs/benchmark/scores.jsonl.gz`` (next to the package's source, else under the current
-        folder)."""
+        """Other tasks' labeled scores: ``oot_scores``, else ``$LWC_OOT_SCORES``, else the public benchmark's
+        table that ships with the package (:data:`ls_backend.data.BENCHMARK_SCORES`)."""
         chosen = self.oot_scores or os.environ.get(OOT_SCORES_ENV)
-        if chosen:
-            return Path(chosen).expanduser()
-        beside_source = REPO_ROOT / BENCHMARK_SCORES
-        return beside_source if beside_source.exists() else BENCHMARK_SCORES
+        return Path(chosen).expanduser() if chosen else BENCHMARK_SCORES
 
     def resolved_oot_tasks(self) -> Path | None:
         """The tasks file of ``oot_scores`` (descriptions for SIM-OOT): ``oot_tasks``, else ``tasks.yaml`` beside
