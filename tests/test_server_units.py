@@ -203,7 +203,7 @@ def test_every_setting_is_a_projects_or_the_servers() -> None:
     every = {k for k in KNOWN_KEYS if k not in SECTIONS}
     every |= {f"cascade.{f.name}" for f in fields(CascadeSettings)}
     every |= {f"loop.{f.name}" for f in fields(LearningSettings) if f.name != "retrain"}
-    every |= {f"loop.{name}" for name in LoopConfig.__dataclass_fields__}
+    every |= {f"loop.{name}" for name in LoopConfig.model_fields}
     every |= {f"limits.{f.name}" for f in fields(LimitSettings)}
     every |= {"prompt.system", "prompt.template", "prompt.chat", "prompt.max_text_chars", "prompt.examples"}
     server = {k for k in SERVER_SETTINGS if k in every} | {
