@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     reference_cache = ScoreCache(args.reference_cache) if args.reference_cache else None
     cache = ScoreCache(args.cache) if args.cache else None
     result: dict[str, Any] = {
-        "command": "python scripts/precision_guard.py " + " ".join(sys.argv[1:]),
+        "command": "python scripts/precision_guard.py " + " ".join(map(_home_as_tilde, sys.argv[1:])),
         "settings": {
             "per_task": args.per_task,
             "items": "ls_backend.benchmark.prompt_study.study_items",
@@ -357,6 +357,12 @@ def merged(previous: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, 
         llms.setdefault(name, {}).update(by_precision)
     commands = [*previous.get("commands", [previous.get("command")]), result["command"]]
     return {**result, "llms": llms, "commands": [c for c in commands if c]}
+
+
+def _home_as_tilde(argument: str) -> str:
+    """A recorded argument names the home folder as ``~``, not this machine's path."""
+    home = str(Path.home())
+    return "~" + argument[len(home) :] if argument == home or argument.startswith(home + "/") else argument
 
 
 def main(argv: Sequence[str] | None = None) -> int:
