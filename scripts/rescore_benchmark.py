@@ -3,7 +3,7 @@
 
 ::
 
-    .venv/bin/python scripts/rescore_benchmark.py [--llms docs/benchmark/llms.yaml] [--dir docs/benchmark]
+    .venv/bin/python scripts/rescore_benchmark.py [--llms ls_backend/data/benchmark/llms.yaml] [--dir ls_backend/data/benchmark]
         [--cache ~/.cache/label-with-confidence/benchmark-scores.sqlite] [--n-items 500] [--seed 0] [--batch-size 16]
         [--skip-data] [--provenance-only]
 
@@ -186,9 +186,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--llms", default="docs/benchmark/llms.yaml", help="LLM config (default docs/benchmark/llms.yaml)"
+        "--llms",
+        default="ls_backend/data/benchmark/llms.yaml",
+        help="LLM config (default ls_backend/data/benchmark/llms.yaml)",
     )
-    parser.add_argument("--dir", default="docs/benchmark", help="folder of items, tasks, scores, provenance")
+    parser.add_argument(
+        "--dir", default="ls_backend/data/benchmark", help="folder of items, tasks, scores, provenance"
+    )
     parser.add_argument(
         "--cache",
         default=str(Path.home() / ".cache/label-with-confidence/benchmark-scores.sqlite"),

@@ -7,6 +7,8 @@ import hashlib
 import re
 from pathlib import Path
 
+from ls_backend.data import BENCHMARK
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "docs" / "results.md"
 
@@ -35,8 +37,10 @@ def test_readme_states_the_headline_exactly_as_the_results_have_it() -> None:
 def test_results_were_generated_from_the_committed_scores_and_costs() -> None:
     results = RESULTS.read_text(encoding="utf-8")
     for name in ("scores.jsonl.gz", "costs.json"):
-        digest = hashlib.sha256((REPO_ROOT / "docs" / "benchmark" / name).read_bytes()).hexdigest()
-        assert re.search(rf"`docs/benchmark/{re.escape(name)}`,? \(?sha256 `{digest}`", results), name
+        digest = hashlib.sha256((BENCHMARK / name).read_bytes()).hexdigest()
+        assert re.search(rf"`ls_backend/data/benchmark/{re.escape(name)}`,? \(?sha256 `{digest}`", results), (
+            name
+        )
     assert "**Quick mode**" not in results
     for figure in re.findall(r"\]\((figures/[^)]+)\)", results):
         assert (RESULTS.parent / figure).exists(), figure
@@ -77,7 +81,7 @@ def test_the_packaged_prompts_are_the_ones_the_prompt_study_chose() -> None:
 
     from ls_backend.llms.packaged import PACKAGED_MODELS
 
-    study = json.loads((REPO_ROOT / "docs" / "benchmark" / "prompt_study.json").read_text(encoding="utf-8"))
+    study = json.loads((BENCHMARK / "prompt_study.json").read_text(encoding="utf-8"))
     assert set(study["llms"]) == set(PACKAGED_MODELS)
     for name, result in study["llms"].items():
         chosen = next(v for v in result["variants"] if v["name"] == result["chosen"])

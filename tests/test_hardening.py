@@ -499,3 +499,13 @@ def test_a_server_that_is_never_idle_still_gets_its_tuning() -> None:
         n_bins=3, n_trials=100_000, n_splits=2, n_classes=2, timeout=1.0,
     )  # fmt: skip
     assert result.n_trials >= 1 and time.monotonic() - started < 120  # the cap passed: it ran to its end
+
+
+def test_the_tuning_process_imports_the_installed_package_and_says_when_it_is_another_copy() -> None:
+    import ls_backend.loop.tuning as tuning
+
+    env = tuning._child_env()
+    assert env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")  # nothing of a checkout added to it
+    tuning._same_package(str(Path(tuning.__file__).resolve()))  # the copy this server runs: accepted
+    with pytest.raises(tuning.TuningProcessError, match="pip install"):
+        tuning._same_package(str(Path("elsewhere") / "ls_backend" / "loop" / "tuning.py"))

@@ -306,7 +306,7 @@ def test_config_builds_hf_llm_from_local_folder(tmp_path, tokenizer, causal) -> 
     [
         ({"name": "a", "kind": "gpt5"}, "unknown kind"),
         ({"kind": "hf"}, "'name'"),
-        ({"name": "a", "kind": "hf", "prompt": {"colour": 1}}, "unknown prompt field"),
+        ({"name": "a", "kind": "hf", "prompt": {"colour": 1}}, "unknown key 'prompt.colour'"),
         ({"name": "a", "kind": "hf", "prompt": {"template": "{question}"}}, "{text}"),
         ({"name": "a", "kind": "hf", "cost": {"unit": "dollars"}}, "unknown unit"),
         ({"name": "a", "kind": "hf", "cost": {"per_cal": 1}}, "unknown field"),

@@ -95,3 +95,11 @@ def test_cpu_peak_follows_the_flags(bench, monkeypatch) -> None:
     assert bench.cpu_peak("bfloat16", 2, 2.5, 1) == fp32  # no native bf16 dot product: fp32 lanes
     monkeypatch.setattr(bench, "cpu_flags", lambda: frozenset({"avx2"}))
     assert bench.cpu_peak("float32", 2, 2.5, 2) == fp32  # 256-bit vectors, two FMA pipes
+
+
+def test_recorded_commands_name_the_home_folder_as_tilde(guard) -> None:
+    home = Path.home()
+    assert guard._home_as_tilde(str(home / ".cache" / "scores.sqlite")) == "~/.cache/scores.sqlite"
+    assert guard._home_as_tilde(str(home)) == "~"
+    assert guard._home_as_tilde(str(home) + "-other") == str(home) + "-other"  # only the folder itself
+    assert guard._home_as_tilde("--precisions") == "--precisions"

@@ -365,9 +365,9 @@ def _out_of_task(
     from ls_backend.server.oot import build_oot_model, plan_oot_model
 
     view = target.view
-    cascade_settings = CascadeSettings(
-        calibrator=recipe.calibrator, n_bins=settings.n_bins, correction=recipe.correction, answer=recipe.answer,
-        n_clusters=settings.n_clusters,
+    cascade_settings = CascadeSettings.model_validate(
+        {"calibrator": recipe.calibrator, "n_bins": settings.n_bins, "correction": recipe.correction,
+         "answer": recipe.answer, "n_clusters": settings.n_clusters}
     )  # fmt: skip
     llms = [(m, "") for m in target.llms]
     plan = plan_oot_model(oot_scores, llms, target.classes, texts[view.task], cascade_settings)

@@ -1,5 +1,5 @@
-"""The benchmark's committed inputs, read as the studies take them (docs/benchmark/: scores, costs, content-free
-scores, item embeddings, task descriptions)."""
+"""The benchmark's committed inputs, read as the studies take them (``ls_backend/data/benchmark/``: scores, costs,
+content-free scores, item embeddings, task descriptions)."""
 
 from __future__ import annotations
 

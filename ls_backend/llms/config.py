@@ -34,10 +34,14 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from annotated_types import Ge
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ls_backend.llms.base import LLM, CostModel
 from ls_backend.llms.prompts import PromptError, PromptTemplate
+from ls_backend.settings import NonBlank, Settings, problems, unset
 
 if TYPE_CHECKING:
     from ls_backend.tasks import TaskSpec
@@ -63,8 +67,6 @@ KINDS: dict[str, KindSpec] = {
     "bedrock": KindSpec("ls_backend.llms.bedrock:BedrockLLM"),
     "openai": KindSpec("ls_backend.llms.openai_compat:OpenAICompatibleLLM"),
 }
-# per-LLM prompt overrides; the question's classes and the few-shot examples belong to the task
-PROMPT_OVERRIDES = ("question", "template", "chat", "system", "max_text_chars")
 RESERVED = ("name", "kind", "prompt", "few_shot", "cost")
 # filled by the builder, never by the config
 _SUPPLIED = ("self", "name", "cost_model")
@@ -85,6 +87,42 @@ def _resolve(target: str) -> Callable[..., Any]:
     return obj
 
 
+def _known_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(KINDS)}")
+    return kind
+
+
+def _valid_cost(cost: dict[str, Any] | None) -> dict[str, Any] | None:
+    CostModel.from_dict(cost)  # its ValueError names the unit or field that is wrong
+    return cost
+
+
+class PromptOverrides(Settings):
+    """What one LLM's entry may change of the task's prompt (the classes and few-shot examples are the task's)."""
+
+    question: NonBlank | None = None
+    template: str = unset()
+    chat: bool = False
+    system: str | None = None
+    max_text_chars: Annotated[int, Ge(1)] = unset()
+
+
+class LLMEntry(Settings):
+    """One entry of a config's ``llms`` list, as written; keys beyond these are the kind's options (its
+    constructor's keyword arguments, checked against it when the LLM is built)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: NonBlank
+    kind: Annotated[str, AfterValidator(_known_kind)]
+    prompt: Annotated[PromptOverrides, BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=PromptOverrides
+    )
+    few_shot: Annotated[int, Ge(0)] | None = None  # None: a packaged model's recommendation, else 0
+    cost: Annotated[dict[str, Any] | None, AfterValidator(_valid_cost)] = None
+
+
 @dataclass(frozen=True)
 class LLMConfig:
     """One validated LLM entry of a config (nothing loaded yet)."""
@@ -101,36 +139,27 @@ class LLMConfig:
         where = f"llms[{position}]"
         if not isinstance(d, Mapping):
             raise LLMConfigError(f"{where}: expected a mapping with at least 'name' and 'kind', got {d!r}")
-        name = d.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise LLMConfigError(f"{where}: 'name' must be a non-empty string")
-        where = f"llms[{position}] ({name!r})"
-        kind = d.get("kind")
-        if kind not in KINDS:
-            raise LLMConfigError(f"{where}: unknown kind {kind!r}; expected one of {sorted(KINDS)}")
-        prompt = dict(d.get("prompt") or {})
-        few_shot = d.get("few_shot")
-        if kind == "packaged" and isinstance(d.get("model"), str):
+        if isinstance(d.get("name"), str):
+            where += f" ({d['name']!r})"
+        try:
+            entry = LLMEntry.model_validate(dict(d))
+        except ValidationError as e:
+            raise LLMConfigError(f"{where}: " + "; ".join(problems(e, LLMEntry))) from None
+        prompt = entry.prompt.model_dump(exclude_unset=True)
+        few_shot = entry.few_shot
+        options = dict(entry.model_extra or {})
+        if entry.kind == "packaged" and isinstance(options.get("model"), str):
             from ls_backend.llms.packaged import PACKAGED_MODELS
 
-            if d["model"] in PACKAGED_MODELS:  # an unknown name is reported when the LLM is built
-                prompt = {**PACKAGED_MODELS[d["model"]].prompt, **prompt}
-                few_shot = PACKAGED_MODELS[d["model"]].few_shot if few_shot is None else few_shot
-        few_shot = 0 if few_shot is None else few_shot
-        if not isinstance(few_shot, int) or isinstance(few_shot, bool) or few_shot < 0:
-            raise LLMConfigError(f"{where}: 'few_shot' must be an integer >= 0, got {few_shot!r}")
-        unknown = set(prompt) - set(PROMPT_OVERRIDES)
-        if unknown:
-            raise LLMConfigError(
-                f"{where}: unknown prompt field(s) {sorted(unknown)}; an LLM may override {list(PROMPT_OVERRIDES)}"
-            )
+            if options["model"] in PACKAGED_MODELS:  # an unknown name is reported when the LLM is built
+                prompt = {**PACKAGED_MODELS[options["model"]].prompt, **prompt}
+                few_shot = PACKAGED_MODELS[options["model"]].few_shot if few_shot is None else few_shot
         try:  # validate the overrides now, not at the first item
             PromptTemplate.from_dict({"question": "q", "classes": ["a", "b"], **prompt})
-            cost = CostModel.from_dict(d.get("cost"))
-        except (PromptError, TypeError, ValueError) as e:
+        except PromptError as e:
             raise LLMConfigError(f"{where}: {e}") from None
-        options = {k: v for k, v in d.items() if k not in RESERVED}
-        return cls(name=name, kind=str(kind), options=options, prompt=prompt, cost=cost, few_shot=few_shot)
+        cost = CostModel.from_dict(entry.cost)
+        return cls(entry.name, entry.kind, options, prompt, cost, few_shot or 0)
 
     def prompt_for(self, task: TaskSpec, examples: Sequence[tuple[str, str]] | None = None) -> PromptTemplate:
         """The task's prompt with this LLM's overrides and few-shot examples (default: ``few_shot`` per class of

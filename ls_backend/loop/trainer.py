@@ -22,12 +22,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from annotated_types import Ge, Gt, Interval
+from pydantic import AfterValidator, ValidationError
 
 from ls_backend.calibration import BiasCorrection, Calibrator, CorrectedCalibrator, make_calibrator
 from ls_backend.files import atomic_write_text
@@ -37,6 +39,7 @@ from ls_backend.loop.store import LabelStore
 from ls_backend.loop.versions import ModelVersion, VersionStore, utc_now
 from ls_backend.loop.weighting import ReviewUse, calibration_weights
 from ls_backend.metrics import reliability_bins, weighted_ace
+from ls_backend.settings import Real, Settings, SettingsError, problems
 from ls_backend.student import NAME as STUDENT
 from ls_backend.student import EmbeddingStudent
 
@@ -56,8 +59,18 @@ its grid whose mean accuracy on the benchmark, over every label count, stays wit
 promotion guard's) of weight 0 (docs/benchmark/cost_weight.md)."""
 
 
-@dataclass
-class LoopConfig:
+def _known_calibrator(name: str) -> str:
+    make_calibrator(name)  # its error names the calibrators there are
+    return name
+
+
+def _off_or_at_least_two(folds: int) -> int:
+    if folds == 1:
+        raise ValueError(f"must be 0 (off) or >= 2, got {folds}")
+    return folds
+
+
+class LoopConfig(Settings):
     """Settings of the learning loop (per project; the server may read them from its configuration).
 
     Attributes:
@@ -91,50 +104,32 @@ class LoopConfig:
         student_c: the student's inverse L2 strength.
     """
 
-    calibrator: str = "ST"
+    calibrator: Annotated[str, AfterValidator(_known_calibrator)] = "ST"
     review_labels: ReviewUse = "unweighted"
-    review_threshold: float = 0.7
-    holdout_fraction: float = 0.2
-    n_bins: int = 10
-    n_trials: int = 100
-    tuning_timeout_s: float | None = 20.0
-    n_splits: int = 5
-    lam: float = 0.0
-    cost_weight: float = COST_WEIGHT
-    min_train_labels: int = 20
-    min_tuning_labels: int = 200
-    min_calibration_labels: int = 10
-    min_holdout_labels: int = 20
-    accuracy_tolerance: float = 0.005
-    ace_tolerance: float = 0.01
-    retrain_every: int = 50
-    seed: int = 0
-    answer: str | None = None
-    cv_folds: int = 5
+    review_threshold: Annotated[Real, Interval(ge=0, le=1)] = 0.7
+    holdout_fraction: Annotated[Real, Interval(gt=0, lt=1)] = 0.2
+    n_bins: Annotated[int, Ge(2)] = 10
+    n_trials: Annotated[int, Ge(1)] = 100
+    tuning_timeout_s: Annotated[Real, Gt(0)] | None = 20.0
+    n_splits: Annotated[int, Ge(1)] = 5
+    lam: Annotated[Real, Ge(0)] = 0.0
+    cost_weight: Annotated[Real, Ge(0)] = COST_WEIGHT
+    min_train_labels: Annotated[int, Ge(1)] = 20
+    min_tuning_labels: Annotated[int, Ge(1)] = 200
+    min_calibration_labels: Annotated[int, Ge(1)] = 10
+    min_holdout_labels: Annotated[int, Ge(0)] = 20
+    accuracy_tolerance: Annotated[Real, Interval(ge=0, le=1)] = 0.005
+    ace_tolerance: Annotated[Real, Interval(ge=0, le=1)] = 0.01
+    retrain_every: Annotated[int, Ge(0)] = 50
+    seed: Annotated[int, Ge(0)] = 0
+    answer: Literal["llm", "calibrated"] | None = None
+    cv_folds: Annotated[int, Ge(0), AfterValidator(_off_or_at_least_two)] = 5
     student: bool = True
-    student_min_labels: int = 20
-    student_c: float = 1.0
-
-    def __post_init__(self) -> None:
-        make_calibrator(self.calibrator)
-        if self.answer is not None:
-            check_answer_rules(self.answer, 1)
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.n_bins < 2 or self.n_trials < 1 or self.n_splits < 1:
-            raise ValueError("n_bins must be >= 2, n_trials and n_splits >= 1")
-        if not (math.isfinite(self.lam) and self.lam >= 0 and math.isfinite(self.cost_weight)
-                and self.cost_weight >= 0):  # fmt: skip
-            raise ValueError(
-                f"lam and cost_weight must be finite and >= 0, got {self.lam}, {self.cost_weight}"
-            )
-        if self.retrain_every < 0:
-            raise ValueError(f"retrain_every must be >= 0, got {self.retrain_every}")
-        if self.cv_folds < 0 or self.cv_folds == 1:
-            raise ValueError(f"cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
+    student_min_labels: Annotated[int, Ge(2)] = 20
+    student_c: Annotated[Real, Gt(0)] = 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     def in_task_settings(self) -> InTaskSettings:
         """What :func:`ls_backend.loop.fitting.fit_in_task_model` takes from these settings."""
@@ -145,11 +140,12 @@ class LoopConfig:
         )  # fmt: skip
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LoopConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown learning-loop setting(s) {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> LoopConfig:
+        """The settings of a mapping (a saved version's ``config``); :class:`SettingsError` says what is wrong."""
+        try:
+            return cls.model_validate(d)
+        except ValidationError as e:
+            raise SettingsError("; ".join(problems(e, cls))) from None
 
 
 @dataclass

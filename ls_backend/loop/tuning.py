@@ -106,6 +106,7 @@ def tune_in_subprocess(
             tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
             raise TuningProcessError(f"the tuning process exited with {returncode}: {tail}")
         result = json.loads(reply.read_text(encoding="utf-8"))
+    _same_package(str(result.get("module")))
     return TunedEdges(
         edges=[np.asarray(e, dtype=np.float64) for e in result["edges"]],
         best_value=float(result["best_value"]),
@@ -159,13 +160,22 @@ def _plain(value: Any) -> Any:
 
 
 def _child_env() -> dict[str, str]:
-    """The server's environment, with this package importable (the same copy) and one BLAS thread by default."""
+    """The server's environment (the child imports the package installed for this interpreter) with one BLAS
+    thread by default."""
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, "1")
     return env
+
+
+def _same_package(child_module: str) -> None:
+    """Refuse a result computed by another copy of this package (an old install beside a checkout, say)."""
+    here = str(Path(__file__).resolve())
+    if child_module != here:
+        raise TuningProcessError(
+            f"the tuning process ran {child_module}, not this server's {here}: install the package into the "
+            f"environment of {sys.executable} (pip install .), or put it on PYTHONPATH"
+        )
 
 
 def lower_priority(niceness: int) -> str:
@@ -234,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "best_value": tuned.best_value,
         "n_trials": tuned.n_trials,
         "pid": os.getpid(),
+        "module": str(Path(__file__).resolve()),
     }
     atomic_write_text(args.reply, json.dumps(result))
     return 0

@@ -4,17 +4,20 @@ The file and ``extra_params`` have the same shape; ``extra_params`` (per project
 ML backend is connected) wins key by key, mappings merged recursively, lists replaced::
 
     question: "Is this SMS message spam?"   # default: the project's description or instructions
-    llms: [...]                # LLM specs, cheapest first (read by ls_backend.llms); default: the 3 packaged
-    prompt: {...}              # prompt template settings (read by ls_backend.llms)
+    llms: [...]                # LLM entries, cheapest first (ls_backend.llms.config); default: the 3 packaged
+    prompt: {...}              # prompt settings (PromptSettings)
     cascade: {...}             # the out-of-task model: calibrator, bins, lambda, default rule (CascadeSettings)
     max_text_chars: 2000       # longer texts are cut to this many characters
     max_tasks: 10000           # most tasks one /predict may carry
     confidence_bands: [0, 0.5, 0.6, 0.7, 0.8, 0.9, 1]   # the bands of the predictions metric
     model_dir: ...             # server only: score cache and out-of-task models (default $LWC_MODEL_DIR)
-    oot_scores: ...            # server only: other tasks' labeled scores (default: the public benchmark table)
+    oot_scores: ...            # server only: other tasks' labeled scores (default: the packaged benchmark table)
     oot_tasks: ...             # server only: their tasks file (default: tasks.yaml next to oot_scores)
     loop: {...}                # the learning loop: routing thresholds, retrain settings (LearningSettings)
     limits: {...}              # server only: projects, stored copies, JSON nesting (LimitSettings)
+
+Every key is a field of a typed model below (pydantic, :mod:`ls_backend.settings`): its type says what it accepts,
+and an error says which key is wrong, what it must be and what it got. Unknown keys are errors.
 
 **Who may set what.** A project's ``extra_params`` (which anyone who can edit the project in Label Studio sets,
 and without basic auth anyone who reaches /setup) may only set the keys of :data:`PROJECT_SETTINGS`, each within
@@ -28,49 +31,33 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Gt, Interval, Len, MaxLen
+from pydantic import AfterValidator, Field, ValidationError, model_validator
+
+from ls_backend.data import BENCHMARK_SCORES
 from ls_backend.loop.events import exceeds_depth
+from ls_backend.loop.trainer import LoopConfig
 from ls_backend.server.trust import (
-    Choice,
-    Examples,
-    Flag,
-    Integer,
     LLMNames,
-    Number,
-    Rule,
-    Text,
+    Project,
     check_project_settings,
+    describe_rules,
     offered_names,
+    project_model,
 )
+from ls_backend.settings import ListAsTuple, NonBlank, Real, Says, Settings, SettingsError, problems, unset
 
 CONFIG_ENV = "LWC_CONFIG"
 MODEL_DIR_ENV = "LWC_MODEL_DIR"
 OOT_SCORES_ENV = "LWC_OOT_SCORES"
-SERVER_ONLY_KEYS = ("model_dir", "oot_scores", "oot_tasks")
-KNOWN_KEYS = (
-    "question",
-    "llms",
-    "prompt",
-    "cascade",
-    "max_text_chars",
-    "max_tasks",
-    "confidence_bands",
-    "loop",
-    "limits",
-    *SERVER_ONLY_KEYS,
-)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BENCHMARK_SCORES = Path("docs") / "benchmark" / "scores.jsonl.gz"
 CALIBRATOR_NAMES = ("none", "ST", "SV")
 CORRECTION_NAMES = ("none", "CC", "BC")  # ls_backend.calibration.CORRECTIONS
 ANSWER_NAMES = ("llm", "calibrated")  # ls_backend.loop.model.ANSWER_RULES
-JOB_BACKENDS = ("embedded", "rq")
 EXTRA_PARAMS_DEPTH = 8
 """The deepest nesting ``extra_params`` may have (its deepest setting, ``prompt.examples``, is 3 levels)."""
 
@@ -82,78 +69,9 @@ DEFAULT_LLMS: tuple[dict[str, Any], ...] = (
 """The cascade when the configuration lists no LLM: the three packaged models, cheapest first (their prompt style,
 chat or plain, comes from :mod:`ls_backend.llms.packaged`). ``config/default.yaml`` spells out the same."""
 
-# ---- who may set what (docs/server.md, "Who may set what"; ls_backend/server/trust.py)
-# A project's extra_params may set exactly these keys, within their rules. To let projects set a new plain
-# choice, add one line here (e.g. "cascade.answer": Choice(("llm", "calibrated"))); a key in neither table is
-# refused for projects, and tests/test_server_units.py fails until every setting is in one of them.
-PROJECT_SETTINGS: dict[str, Rule] = {
-    "question": Text(2000, nullable=True),
-    "llms": LLMNames(),
-    "max_text_chars": Integer(1, at_most_server=True),
-    "max_tasks": Integer(1, at_most_server=True),
-    "prompt.system": Text(4000, nullable=True),
-    "prompt.template": Text(4000),
-    "prompt.chat": Flag(),
-    "prompt.max_text_chars": Integer(1, at_most_server=True),
-    "prompt.examples": Examples(max_items=50, max_chars=2000),
-    "cascade.calibrator": Choice(CALIBRATOR_NAMES),
-    "cascade.n_bins": Integer(1, 20),
-    "cascade.lam": Number(0.0),
-    "cascade.threshold": Number(0.0, 1.0, low_open=True),
-    "cascade.similar_tasks": Flag(),
-    "cascade.n_clusters": Integer(1, 1000, nullable=True),
-    "cascade.batch_size": Integer(1, at_most_server=True),
-    "loop.review_threshold": Number(0.0, 1.0),
-    "loop.auto_accept_threshold": Number(0.0, 1.0, nullable=True),
-    "loop.views": Flag(),
-    "loop.uncertainty_sampling": Flag(),
-    "loop.calibrator": Choice(("none", "ST", "SV", "MS")),
-    "loop.review_labels": Choice(("exclude", "unweighted", "poststratified")),
-    "loop.holdout_fraction": Number(0.0, 1.0, low_open=True, high_open=True),
-    "loop.n_bins": Integer(2, 20),
-    "loop.n_trials": Integer(1, at_most_server=True),
-    "loop.tuning_timeout_s": Number(0.0, low_open=True, at_most_server=True, nullable=True),
-    "loop.n_splits": Integer(1, at_most_server=True),
-    "loop.lam": Number(0.0),
-    "loop.cost_weight": Number(0.0),
-    "loop.min_train_labels": Integer(1),
-    "loop.min_tuning_labels": Integer(1),
-    "loop.min_calibration_labels": Integer(1),
-    "loop.min_holdout_labels": Integer(0),
-    "loop.accuracy_tolerance": Number(0.0, 1.0),
-    "loop.ace_tolerance": Number(0.0, 1.0),
-    "loop.retrain_every": Integer(0),
-    "loop.seed": Integer(0, 2**32 - 1),
-    "loop.answer": Choice(ANSWER_NAMES, nullable=True),
-    "loop.cv_folds": Integer(0, 20),
-    "loop.student": Flag(),
-    "loop.student_min_labels": Integer(2, 100_000),
-    "loop.student_c": Number(1e-4, 1e4),
-    "cascade.correction": Choice(CORRECTION_NAMES),
-    "cascade.answer": Choice(ANSWER_NAMES),
-    "cascade.bc_min_items": Integer(1, 100_000),
-    "loop.job_batch_size": Integer(1, at_most_server=True),
-    "loop.refresh_on_promotion": Flag(),
-}
-# Only the server's config file sets these (a section name covers all its keys): why, for the error message.
-SERVER_SETTINGS: dict[str, str] = {
-    "model_dir": "a folder on the server",
-    "oot_scores": "a file on the server",
-    "oot_tasks": "a file on the server",
-    "confidence_bands": "the server's metrics, shared by every project",
-    "limits": "the server's resources",
-    "loop.enabled": "the server's learning loop, for every project",
-    "loop.poll_s": "the server's threads",
-    "loop.catch_up_retry_s": "the server's calls to Label Studio",
-    "loop.idle_stop_s": "the server's threads",
-    "loop.tuning_process": "the server's processes",
-    "loop.job_backend": "where the server runs pre-annotation jobs (its threads or an RQ queue)",
-    "loop.redis_url": "a URL of the server's Redis",
-}
 
-
-class ConfigError(ValueError):
-    """A configuration value that is missing, of the wrong type or out of range."""
+class ConfigError(SettingsError):
+    """A configuration value that is missing, of the wrong type, out of range or unknown."""
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,8 +108,47 @@ def parse_extra_params(extra_params: Any) -> dict[str, Any]:
     return dict(extra_params)
 
 
-@dataclass(frozen=True)
-class CascadeSettings:
+# ---------------------------------------------------------------------------------------------------------------
+# the settings
+
+
+def _increasing(bands: tuple[float, ...]) -> tuple[float, ...]:
+    if len(bands) < 2 or any(b >= c for b, c in itertools.pairwise(bands)):
+        raise ValueError(f"must be at least 2 increasing numbers, got {list(bands)}")
+    return tuple(float(b) for b in bands)
+
+
+def _redis_url(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, or null; got {url!r}")
+    return url
+
+
+def _valid_llm_entries(entries: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+    from ls_backend.llms.config import parse_llm_configs
+
+    if entries:
+        parse_llm_configs(list(entries))  # its LLMConfigError (a ValueError) says which entry is wrong
+    return entries
+
+
+Question = Annotated[NonBlank, AfterValidator(str.strip)]
+FilePath = Annotated[NonBlank, Says("a path (a non-empty string)")]
+Examples = Annotated[list[Annotated[list[str], Len(2, 2)]], Says("a list of [text, class] pairs of strings")]
+
+
+class PromptSettings(Settings):
+    """The ``prompt`` section: how the question is put to every LLM (an LLM's own prompt overrides win; the
+    question and the classes are the project's). See :class:`ls_backend.llms.prompts.PromptTemplate`."""
+
+    system: NonBlank | None = None
+    template: NonBlank = unset()  # unset: PromptTemplate's default
+    chat: bool = False
+    max_text_chars: Annotated[int, Ge(1)] = unset()  # unset: the top-level max_text_chars
+    examples: Examples = Field(default_factory=list)
+
+
+class CascadeSettings(Settings):
     """How the out-of-task model is made before any in-task label exists (see docs/server.md).
 
     Attributes:
@@ -211,73 +168,30 @@ class CascadeSettings:
             the contextual one; the estimate is refitted each time the count doubles.
     """
 
-    calibrator: str = "ST"
-    n_bins: int = 5
-    lam: float = 0.0
-    threshold: float = 0.8
+    calibrator: Literal["none", "ST", "SV"] = "ST"
+    n_bins: Annotated[int, Ge(1)] = 5
+    lam: Annotated[Real, Ge(0)] = 0.0
+    threshold: Annotated[Real, Interval(gt=0, le=1)] = 0.8
     similar_tasks: bool = True
-    n_clusters: int | None = None
-    batch_size: int = 16
+    n_clusters: Annotated[int, Ge(1)] | None = None
+    batch_size: Annotated[int, Ge(1)] = 16
     # chosen by docs/results.md's answer study (the selection score over balanced and natural-ratio tasks)
-    correction: str = "CC"
-    answer: str = "calibrated"
-    bc_min_items: int = 10
+    correction: Literal["none", "CC", "BC"] = "CC"
+    answer: Literal["llm", "calibrated"] = "calibrated"
+    bc_min_items: Annotated[int, Ge(1)] = 10
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> CascadeSettings:
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown cascade key(s) {unknown}; expected some of {known}")
-        settings = cls(**dict(data))
-        where = f"{source}: cascade"
-        if settings.calibrator not in CALIBRATOR_NAMES:
-            raise ConfigError(
-                f"{where}.calibrator must be one of {list(CALIBRATOR_NAMES)}, got {settings.calibrator!r}"
-            )
-        for name in ("n_bins", "batch_size", "bc_min_items"):
-            _check_positive_int(getattr(settings, name), f"{where}.{name}")
-        if settings.correction not in CORRECTION_NAMES:
-            raise ConfigError(
-                f"{where}.correction must be one of {list(CORRECTION_NAMES)}, got {settings.correction!r}"
-            )
-        if settings.answer not in ANSWER_NAMES:
-            raise ConfigError(f"{where}.answer must be one of {list(ANSWER_NAMES)}, got {settings.answer!r}")
-        if settings.n_clusters is not None:
-            _check_positive_int(settings.n_clusters, f"{where}.n_clusters")
-        if not _is_number(settings.lam) or settings.lam < 0:
-            raise ConfigError(f"{where}.lam must be a finite number >= 0, got {settings.lam!r}")
-        if not _is_number(settings.threshold) or not 0.0 < settings.threshold <= 1.0:
-            raise ConfigError(f"{where}.threshold must be a number in (0, 1], got {settings.threshold!r}")
-        if not isinstance(settings.similar_tasks, bool):
-            raise ConfigError(f"{where}.similar_tasks must be true or false, got {settings.similar_tasks!r}")
-        return settings
+        return BackendConfig.from_mapping({"cascade": data}, source).cascade_settings
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return self.model_dump()
 
 
-LOOP_SERVER_KEYS = (
-    "enabled",
-    "auto_accept_threshold",
-    "views",
-    "uncertainty_sampling",
-    "poll_s",
-    "catch_up_retry_s",
-    "idle_stop_s",
-    "tuning_process",
-    "job_batch_size",
-    "refresh_on_promotion",
-    "job_backend",
-    "redis_url",
-)
-"""The ``loop`` keys the server itself reads (the rest are the trainer's LoopConfig); who may set them is in
-:data:`PROJECT_SETTINGS` and :data:`SERVER_SETTINGS`."""
-
-
-@dataclass(frozen=True)
-class LearningSettings:
-    """The learning loop of a project (docs/learning-loop.md): the ``loop`` section of the configuration.
+class LearningSettings(LoopConfig):
+    """The learning loop of a project (docs/learning-loop.md): the ``loop`` section of the configuration, the
+    trainer's :class:`ls_backend.loop.LoopConfig` (``review_threshold``, ``retrain_every``, ``n_trials``, ...)
+    and what the server itself reads:
 
     Attributes:
         enabled: store webhook labels, route tasks, retrain (off: /webhook only acknowledges).
@@ -296,89 +210,38 @@ class LearningSettings:
         job_backend: where jobs run: ``embedded`` (threads of the server, state in the label store) or ``rq``
             (an RQ queue on ``redis_url``, run by ``lwc worker`` processes).
         redis_url: the Redis of the ``rq`` job backend (``redis://host:6379/0``).
-        retrain: the remaining keys, the trainer's :class:`ls_backend.loop.LoopConfig` (``review_threshold``,
-            ``retrain_every``, ``n_trials``, ``min_holdout_labels``, ...).
     """
 
     enabled: bool = True
-    auto_accept_threshold: float | None = None
+    auto_accept_threshold: Annotated[Real, Interval(ge=0, le=1)] | None = None
     views: bool = True
     uncertainty_sampling: bool = True
-    poll_s: float = 5.0
-    catch_up_retry_s: float = 60.0
-    idle_stop_s: float | None = 600.0
+    poll_s: Annotated[Real, Gt(0)] = 5.0
+    catch_up_retry_s: Annotated[Real, Gt(0)] = 60.0
+    idle_stop_s: Annotated[Real, Gt(0)] | None = 600.0
     tuning_process: bool = True
-    job_batch_size: int = 50
+    job_batch_size: Annotated[int, Ge(1)] = 50
     refresh_on_promotion: bool = True
-    job_backend: str = "embedded"
-    redis_url: str | None = None
-    retrain: Mapping[str, Any] = field(default_factory=dict)
+    job_backend: Literal["embedded", "rq"] = "embedded"
+    redis_url: (
+        Annotated[str, AfterValidator(_redis_url), Says("a redis://, rediss:// or unix:// URL")] | None
+    ) = None
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> LearningSettings:
-        from ls_backend.loop.trainer import LoopConfig
+    @model_validator(mode="after")
+    def _consistent(self) -> LearningSettings:
+        auto = self.auto_accept_threshold
+        if auto is not None and auto < self.review_threshold:
+            raise ValueError(f"auto_accept_threshold must be null or in [review_threshold, 1], got {auto!r}")
+        if self.job_backend == "rq" and self.redis_url is None:
+            raise ValueError("job_backend rq needs redis_url")
+        return self
 
-        where = f"{source}: loop"
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where} must be a mapping, got {data!r}")
-        server = {k: data[k] for k in LOOP_SERVER_KEYS if k in data}
-        retrain = {k: v for k, v in data.items() if k not in LOOP_SERVER_KEYS}
-        try:
-            loop = LoopConfig.from_dict(dict(retrain))
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{where}: {e}") from None
-        settings = cls(**server, retrain=retrain)
-        if isinstance(settings.job_batch_size, bool) or not isinstance(settings.job_batch_size, int):
-            raise ConfigError(
-                f"{where}.job_batch_size must be a positive integer, got {settings.job_batch_size!r}"
-            )
-        if settings.job_batch_size < 1:
-            raise ConfigError(
-                f"{where}.job_batch_size must be a positive integer, got {settings.job_batch_size!r}"
-            )
-        if settings.job_backend not in JOB_BACKENDS:
-            raise ConfigError(
-                f"{where}.job_backend must be one of {list(JOB_BACKENDS)}, got {settings.job_backend!r}"
-            )
-        if settings.redis_url is not None and (
-            not isinstance(settings.redis_url, str)
-            or not settings.redis_url.startswith(("redis://", "rediss://", "unix://"))
-        ):
-            raise ConfigError(f"{where}.redis_url must be a redis:// URL or null, got {settings.redis_url!r}")
-        if settings.job_backend == "rq" and settings.redis_url is None:
-            raise ConfigError(f"{where}.job_backend rq needs {where}.redis_url")
-        for name in ("enabled", "views", "uncertainty_sampling", "tuning_process", "refresh_on_promotion"):
-            if not isinstance(getattr(settings, name), bool):
-                raise ConfigError(f"{where}.{name} must be true or false, got {getattr(settings, name)!r}")
-        for name in ("poll_s", "catch_up_retry_s"):
-            value = getattr(settings, name)
-            if not _is_number(value) or value <= 0:
-                raise ConfigError(f"{where}.{name} must be a number > 0, got {value!r}")
-        idle = settings.idle_stop_s
-        if idle is not None and (not _is_number(idle) or idle <= 0):
-            raise ConfigError(f"{where}.idle_stop_s must be null or a number > 0, got {idle!r}")
-        if not _is_number(loop.review_threshold) or not 0.0 <= loop.review_threshold <= 1.0:
-            raise ConfigError(f"{where}.review_threshold must be in [0, 1], got {loop.review_threshold!r}")
-        auto = settings.auto_accept_threshold
-        if auto is not None and (not _is_number(auto) or not loop.review_threshold <= auto <= 1.0):
-            raise ConfigError(
-                f"{where}.auto_accept_threshold must be null or in [review_threshold, 1], got {auto!r}"
-            )
-        return settings
-
-    def loop_config(self) -> Any:
+    def loop_config(self) -> LoopConfig:
         """The trainer's :class:`ls_backend.loop.LoopConfig`."""
-        from ls_backend.loop.trainer import LoopConfig
-
-        return LoopConfig.from_dict(dict(self.retrain))
-
-    @property
-    def review_threshold(self) -> float:
-        return float(self.loop_config().review_threshold)
+        return LoopConfig.model_validate(self.model_dump(include=set(LoopConfig.model_fields)))
 
 
-@dataclass(frozen=True)
-class LimitSettings:
+class LimitSettings(Settings):
     """What one server holds at most (the ``limits`` section; server file only).
 
     Attributes:
@@ -390,115 +253,75 @@ class LimitSettings:
         max_json_depth: a request body nested deeper than this answers 400 (a webhook is stored as ignored).
     """
 
-    max_projects: int = 1000
-    max_stored_text_chars: int = 100_000
-    max_stored_event_bytes: int = 1 << 20
-    max_json_depth: int = 100
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> LimitSettings:
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown limits key(s) {unknown}; expected some of {known}")
-        settings = cls(**dict(data))
-        for name in known:
-            _check_positive_int(getattr(settings, name), f"{source}: limits.{name}")
-        return settings
+    max_projects: Annotated[int, Ge(1)] = 1000
+    max_stored_text_chars: Annotated[int, Ge(1)] = 100_000
+    max_stored_event_bytes: Annotated[int, Ge(1)] = 1 << 20
+    max_json_depth: Annotated[int, Ge(1)] = 100
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+class BackendConfig(Settings):
+    """A validated configuration (see the module docstring). ``prompt`` and ``cascade`` are also readable as
+    the mappings of what was set (:attr:`prompt`, :attr:`cascade`): the LLMs' prompts and the model versions'
+    fingerprints are made of those."""
 
-
-def _check_positive_int(value: Any, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    """A validated configuration. ``raw`` keeps the whole mapping for the LLM and cascade sections."""
-
-    question: str | None = None
-    llms: tuple[Any, ...] = ()
-    prompt: Mapping[str, Any] = field(default_factory=dict)
-    cascade: Mapping[str, Any] = field(default_factory=dict)
-    max_text_chars: int = 2000
-    max_tasks: int = 10000
-    confidence_bands: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    model_dir: str | None = None
-    oot_scores: str | None = None
-    oot_tasks: str | None = None
-    cascade_settings: CascadeSettings = field(default_factory=CascadeSettings)
-    learning: LearningSettings = field(default_factory=LearningSettings)
-    limits: LimitSettings = field(default_factory=LimitSettings)
-    raw: Mapping[str, Any] = field(default_factory=dict)
+    question: Question | None = None
+    llms: Annotated[
+        tuple[dict[str, Any], ...],
+        ListAsTuple,
+        AfterValidator(_valid_llm_entries),
+        Says("a list of LLM entries, cheapest first (ls_backend/llms/config.py)"),
+    ] = ()
+    prompt_settings: PromptSettings = Field(default_factory=PromptSettings, alias="prompt")
+    cascade_settings: CascadeSettings = Field(default_factory=CascadeSettings, alias="cascade")
+    max_text_chars: Annotated[int, Ge(1)] = 2000
+    max_tasks: Annotated[int, Ge(1)] = 10000
+    confidence_bands: Annotated[
+        tuple[Real, ...], ListAsTuple, AfterValidator(_increasing), Says("at least 2 increasing numbers")
+    ] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    model_dir: FilePath | None = None
+    oot_scores: FilePath | None = None
+    oot_tasks: FilePath | None = None
+    learning: LearningSettings = Field(default_factory=LearningSettings, alias="loop")
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, source: str = "config") -> BackendConfig:
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(KNOWN_KEYS))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; expected some of {list(KNOWN_KEYS)}")
-        defaults = cls()
-        question = data.get("question")
-        if question is not None and (not isinstance(question, str) or not question.strip()):
-            raise ConfigError(f"{source}: 'question' must be a non-empty string, got {question!r}")
-        llms = data.get("llms", [])
-        if not isinstance(llms, list):
-            raise ConfigError(f"{source}: 'llms' must be a list (cheapest first), got {type(llms).__name__}")
-        for key in ("prompt", "cascade", "loop", "limits"):
-            if not isinstance(data.get(key, {}), Mapping):
-                raise ConfigError(f"{source}: {key!r} must be a mapping, got {data[key]!r}")
-        bands = data.get("confidence_bands", list(defaults.confidence_bands))
-        if (
-            not isinstance(bands, list)
-            or len(bands) < 2
-            or not all(
-                isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bands
-            )
-            or any(b >= c for b, c in itertools.pairwise(bands))
-        ):
-            raise ConfigError(
-                f"{source}: 'confidence_bands' must be at least 2 increasing numbers, got {bands!r}"
-            )
-        paths = {}
-        for key in SERVER_ONLY_KEYS:
-            value = data.get(key)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(f"{source}: {key!r} must be a path (a non-empty string), got {value!r}")
-            paths[key] = value
-        return cls(
-            question=question.strip() if question else None,
-            llms=tuple(llms),
-            prompt=dict(data.get("prompt", {})),
-            cascade=dict(data.get("cascade", {})),
-            max_text_chars=_positive_int(data, "max_text_chars", defaults.max_text_chars, source),
-            max_tasks=_positive_int(data, "max_tasks", defaults.max_tasks, source),
-            confidence_bands=tuple(float(b) for b in bands),
-            model_dir=paths["model_dir"],
-            oot_scores=paths["oot_scores"],
-            oot_tasks=paths["oot_tasks"],
-            cascade_settings=CascadeSettings.from_mapping(data.get("cascade", {}), source),
-            learning=LearningSettings.from_mapping(data.get("loop", {}), source),
-            limits=LimitSettings.from_mapping(data.get("limits", {}), source),
-            raw=data,
-        )
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data or {}))
+        except ValidationError as e:
+            raise ConfigError(f"{source}: " + "; ".join(problems(e, cls))) from None
+
+    @property
+    def prompt(self) -> dict[str, Any]:
+        """The prompt settings the configuration sets (unset ones are left to the prompt's defaults)."""
+        return self.prompt_settings.model_dump(exclude_unset=True)
+
+    @property
+    def cascade(self) -> dict[str, Any]:
+        """The cascade settings the configuration sets."""
+        return self.cascade_settings.model_dump(exclude_unset=True)
+
+    def as_set(self) -> dict[str, Any]:
+        """What this configuration sets, in the shape of its file (what a project's ``extra_params`` go on)."""
+        return self.model_dump(by_alias=True, exclude_unset=True)
 
     def merged(self, override: Mapping[str, Any], source: str = "extra_params") -> BackendConfig:
         """This (the server's) configuration with a project's ``extra_params`` on top: only the keys of
         :data:`PROJECT_SETTINGS`, within their rules; LLMs are picked by name from :meth:`llm_catalog`."""
         if not override:
             return self
-        problems = check_project_settings(override, PROJECT_SETTINGS, SERVER_SETTINGS, self.server_value)
-        if problems:
-            raise ConfigError(f"{source}: " + "; ".join(problems))
+        found = check_project_settings(
+            override, PROJECT_MODEL, PROJECT_SETTINGS, SERVER_SETTINGS, self.server_value
+        )
+        if found:
+            raise ConfigError(f"{source}: " + "; ".join(found))
         chosen = dict(override)
         if "llms" in chosen:
             catalog = {str(e["name"]): dict(e) for e in self.llm_catalog()}
             chosen["llms"] = [catalog[name] for name in chosen["llms"]]
-        return BackendConfig.from_mapping(deep_merge(self.raw, chosen), source=source)
+        return BackendConfig.from_mapping(deep_merge(self.as_set(), chosen), source=source)
 
     def llm_catalog(self) -> list[Mapping[str, Any]]:
         """The LLMs this configuration defines, cheapest first (:data:`DEFAULT_LLMS` when it lists none): the
@@ -511,17 +334,10 @@ class BackendConfig:
         if path == "llms":
             return offered_names(self.llm_catalog())
         section, _, key = path.rpartition(".")
-        if section == "":
-            return getattr(self, key, None)
         if section == "prompt":
             return self.prompt.get(key, self.max_text_chars if key == "max_text_chars" else None)
-        if section == "cascade":
-            return getattr(self.cascade_settings, key, None)
-        if section == "loop":
-            if key in LOOP_SERVER_KEYS:
-                return getattr(self.learning, key, None)
-            return getattr(self.learning.loop_config(), key, None)
-        return None
+        owner = {"": self, "cascade": self.cascade_settings, "loop": self.learning, "limits": self.limits}
+        return getattr(owner[section], key, None)
 
     def resolved_model_dir(self) -> Path:
         """Where the score cache and out-of-task models live: ``model_dir``, else ``$LWC_MODEL_DIR``, else
@@ -532,14 +348,10 @@ class BackendConfig:
         return Path.home() / ".cache" / "label-with-confidence" / "backend"
 
     def resolved_oot_scores(self) -> Path:
-        """Other tasks' labeled scores: ``oot_scores``, else ``$LWC_OOT_SCORES``, else the public benchmark table
-        committed at ``docs/benchmark/scores.jsonl.gz`` (next to the package's source, else under the current
-        folder)."""
+        """Other tasks' labeled scores: ``oot_scores``, else ``$LWC_OOT_SCORES``, else the public benchmark's
+        table that ships with the package (:data:`ls_backend.data.BENCHMARK_SCORES`)."""
         chosen = self.oot_scores or os.environ.get(OOT_SCORES_ENV)
-        if chosen:
-            return Path(chosen).expanduser()
-        beside_source = REPO_ROOT / BENCHMARK_SCORES
-        return beside_source if beside_source.exists() else BENCHMARK_SCORES
+        return Path(chosen).expanduser() if chosen else BENCHMARK_SCORES
 
     def resolved_oot_tasks(self) -> Path | None:
         """The tasks file of ``oot_scores`` (descriptions for SIM-OOT): ``oot_tasks``, else ``tasks.yaml`` beside
@@ -550,11 +362,96 @@ class BackendConfig:
         return beside if beside.exists() else None
 
 
-def _positive_int(data: Mapping[str, Any], key: str, default: int, source: str) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{source}: {key!r} must be a positive integer, got {value!r}")
-    return value
+# ---- who may set what (docs/server.md, "Who may set what", is written from these two tables and the models)
+# A project's extra_params may set exactly these keys, each within its type in the models above, narrowed by its
+# rule (a cap, fewer choices, a shorter text, at most the server's own value). To let projects set a setting, add
+# a line here; to keep it the server's, add it to SERVER_SETTINGS with why. tests/test_server_units.py fails for a
+# setting in neither, and when docs/server.md's table is not the one they make (scripts/write_settings_table.py).
+PROJECT_SETTINGS: dict[str, Project] = {
+    "question": Project(max_length=2000),
+    "llms": Project(type=LLMNames),
+    "max_text_chars": Project(at_most_server=True),
+    "max_tasks": Project(at_most_server=True),
+    "prompt.system": Project(max_length=4000),
+    "prompt.template": Project(max_length=4000),
+    "prompt.chat": Project(),
+    "prompt.max_text_chars": Project(at_most_server=True),
+    "prompt.examples": Project(
+        type=Annotated[
+            list[Annotated[list[Annotated[str, MaxLen(2000)]], Len(2, 2)]],
+            MaxLen(50),
+            Says("at most 50 examples, each a [text, class] pair of strings of at most 2000 characters"),
+        ]
+    ),
+    "cascade.calibrator": Project(),
+    "cascade.n_bins": Project(le=20),
+    "cascade.lam": Project(),
+    "cascade.threshold": Project(),
+    "cascade.similar_tasks": Project(),
+    "cascade.n_clusters": Project(le=1000),
+    "cascade.batch_size": Project(at_most_server=True),
+    "cascade.correction": Project(),
+    "cascade.answer": Project(),
+    "cascade.bc_min_items": Project(le=100_000),
+    "loop.review_threshold": Project(),
+    "loop.auto_accept_threshold": Project(),
+    "loop.views": Project(),
+    "loop.uncertainty_sampling": Project(),
+    "loop.calibrator": Project(choices=("none", "ST", "SV", "MS")),
+    "loop.review_labels": Project(),
+    "loop.holdout_fraction": Project(),
+    "loop.n_bins": Project(le=20),
+    "loop.n_trials": Project(at_most_server=True),
+    "loop.tuning_timeout_s": Project(at_most_server=True),
+    "loop.n_splits": Project(at_most_server=True),
+    "loop.lam": Project(),
+    "loop.cost_weight": Project(),
+    "loop.min_train_labels": Project(),
+    "loop.min_tuning_labels": Project(),
+    "loop.min_calibration_labels": Project(),
+    "loop.min_holdout_labels": Project(),
+    "loop.accuracy_tolerance": Project(),
+    "loop.ace_tolerance": Project(),
+    "loop.retrain_every": Project(),
+    "loop.seed": Project(le=2**32 - 1),
+    "loop.answer": Project(),
+    "loop.cv_folds": Project(le=20),
+    "loop.student": Project(),
+    "loop.student_min_labels": Project(le=100_000),
+    "loop.student_c": Project(ge=1e-4, le=1e4),
+    "loop.job_batch_size": Project(at_most_server=True),
+    "loop.refresh_on_promotion": Project(),
+}
+# Only the server's config file sets these (a section name covers all its keys): why, for the error message.
+SERVER_SETTINGS: dict[str, str] = {
+    "model_dir": "a folder on the server",
+    "oot_scores": "a file on the server",
+    "oot_tasks": "a file on the server",
+    "confidence_bands": "the server's metrics, shared by every project",
+    "limits": "the server's resources",
+    "loop.enabled": "the server's learning loop, for every project",
+    "loop.poll_s": "the server's threads",
+    "loop.catch_up_retry_s": "the server's calls to Label Studio",
+    "loop.idle_stop_s": "the server's threads",
+    "loop.tuning_process": "the server's processes",
+    "loop.job_backend": "where the server runs pre-annotation jobs (its threads or an RQ queue)",
+    "loop.redis_url": "a URL of the server's Redis",
+}
+
+
+PROJECT_MODEL = project_model(BackendConfig, PROJECT_SETTINGS)
+"""The pydantic model of a project's ``extra_params`` (:func:`ls_backend.server.trust.project_model`)."""
+
+
+def settings_table() -> str:
+    """docs/server.md's table of every key, who may set it and to what (scripts/write_settings_table.py)."""
+    lines = [
+        "| key | who may set it | what a project may set it to (or why only the server) |",
+        "|---|---|---|",
+    ]
+    for path, who, what in describe_rules(BackendConfig, PROJECT_SETTINGS, SERVER_SETTINGS):
+        lines.append(f"| `{path}` | {who} | {what} |")
+    return "\n".join(lines)
 
 
 def load_config(path: str | Path | None = None) -> BackendConfig:
@@ -572,6 +469,4 @@ def load_config(path: str | Path | None = None) -> BackendConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if data is not None and not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return BackendConfig.from_mapping(data, source=str(path))

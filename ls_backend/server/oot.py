@@ -1,7 +1,8 @@
 """The model a project gets before any of its own labels exist: out-of-task calibrators and a default policy.
 
-Calibrators come from OTHER tasks' labeled scores (by default the public benchmark table committed at
-``docs/benchmark/scores.jsonl.gz``; config key ``oot_scores``), as the paper's out-of-task calibration:
+Calibrators come from OTHER tasks' labeled scores (by default the public benchmark's table, which ships with the
+package: ``ls_backend/data/benchmark/scores.jsonl.gz``; config key ``oot_scores``), as the paper's out-of-task
+calibration:
 
 - **eligible tasks** for an LLM: tasks of the table with the project's class words (same set, any order: their
   columns are permuted into the project's order), scored by an LLM of the same name, with labeled items;
