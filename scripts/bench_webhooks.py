@@ -18,8 +18,10 @@ The synthetic LLM outputs stand in for the score cache (no LLM is loaded): the s
 by the synthetic project's, which is what a warm score cache gives (every labeled text predicted before).
 Each mode runs ``--repeat`` times, the modes interleaved (so a change in the machine's load hits all of them); the
 table gives the median over the repetitions and every repetition's p99, the server's own mean time per webhook
-(``in-app``, from /metrics: from Flask's first hook to its last, so waiting for the group commit counts but
-waiting for a waitress thread does not), and the machine's load average before and after.
+(``in-app``, from /metrics: from the endpoint's start to its answer, so waiting for the group commit counts but
+waiting for a waitress thread does not), the server process's CPU time per webhook during the burst (``CPU ms``,
+user + system from /proc: the figure least moved by other work on the machine, since the burst is bounded by one
+interpreter's CPU), and the machine's load average before and after.
 
 Options: ``--labels N`` (2000), ``--events N`` (200), ``--tuning-s S`` (8), ``--modes none,in-process,subprocess``,
 ``--repeat N`` (3), ``--threads N`` (waitress threads, 8).
@@ -107,8 +109,7 @@ def prepare(folder: Path, mode: str, n_labels: int, n_events: int, tuning_s: flo
 
 def serve(config_path: Path, port: int, threads: int, n_items: int) -> None:
     """The server subprocess: the real app (learning loop on) with the synthetic project's score_fn."""
-    import waitress
-
+    from ls_backend.cli.serve import serve_waitress
     from ls_backend.loop.simulation import synthetic_project
     from ls_backend.server import CascadePredictor, create_app
     from ls_backend.server.projects import ProjectDescriptions
@@ -121,7 +122,7 @@ def serve(config_path: Path, port: int, threads: int, n_items: int) -> None:
     learning = app.extensions["lwc"].learning
     learning.score = lambda loop, k, texts: project.score_fn(k, texts)  # a warm score cache
     learning.sync_initial = lambda loop: None  # the initial version is in the model dir already
-    waitress.serve(app, host="127.0.0.1", port=port, threads=threads, ident="bench")
+    serve_waitress(app, "127.0.0.1", port, threads)
 
 
 def post(url: str, body: Any, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
@@ -179,7 +180,9 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             payloads = [
                 project.annotation_payload(args.labels + i, args.labels + i + 1) for i in range(args.events)
             ]
+            cpu_before = process_cpu_seconds(server.pid)
             latencies, answers = burst(f"{url}/webhook", payloads)
+            cpu_per_event = (process_cpu_seconds(server.pid) - cpu_before) / len(payloads)
             stage_after = stage(status_file) if mode != "none" else "-"
             in_app = server_seconds(url)
         finally:
@@ -198,9 +201,19 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         "stored": stored - args.labels,
         "stage_after": stage_after,
         "in_app_ms": in_app * 1e3,
+        "cpu_ms": cpu_per_event * 1e3,
         "load_before": load_before[0],
         "load_after": load_after[0],
     }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (Linux); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_seconds(url: str) -> float:
@@ -306,7 +319,7 @@ def main() -> int:
         f"waitress {args.threads} threads, {os.cpu_count()} CPUs; median of {args.repeat} interleaved runs"
     )
     print(
-        f"{'tuning':<12} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'in-app ms':>9} {'stored':>9}  "
+        f"{'tuning':<12} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'in-app ms':>9} {'CPU ms':>6} {'stored':>9}  "
         f"{'p99 of each run (ms)':<24} load avg"
     )
     failed = False
@@ -318,7 +331,8 @@ def main() -> int:
         loads = f"{min(r['load_before'] for r in rows):.2f}-{max(r['load_after'] for r in rows):.2f}"
         print(
             f"{mode:<12} {_median(rows, 'p50_ms'):7.1f} {_median(rows, 'p99_ms'):7.1f} {_median(rows, 'max_ms'):7.1f} "
-            f"{_median(rows, 'in_app_ms'):9.2f} {f'{stored}/{args.events * len(rows)}':>9}  {each:<24} {loads}"
+            f"{_median(rows, 'in_app_ms'):9.2f} {_median(rows, 'cpu_ms'):6.2f} "
+            f"{f'{stored}/{args.events * len(rows)}':>9}  {each:<24} {loads}"
         )
         stages = {r["stage_after"] for r in rows}
         if mode != "none" and stages != {"tuning"}:

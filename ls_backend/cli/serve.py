@@ -51,9 +51,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dev:
         app.run(host=args.host, port=args.port, threaded=True)
     else:
-        import waitress
-
-        waitress.serve(
-            app, host=args.host, port=args.port, threads=args.threads, ident="label-with-confidence"
-        )
+        serve_waitress(app, args.host, args.port, args.threads)
     return 0
+
+
+def serve_waitress(app: Any, host: str, port: int, threads: int) -> None:
+    """Serve ``app`` with waitress as ``lwc serve`` does (also what scripts/bench_webhooks.py measures)."""
+    import waitress
+
+    waitress.serve(app, host=host, port=port, threads=threads, ident="label-with-confidence")
