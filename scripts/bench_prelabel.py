@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    from ls_backend.server.labelstudio import LabelStudioServer
+    from tests.labelstudio_server import LabelStudioServer
 
     skip = set(filter(None, args.skip.split(",")))
     texts, truth = sms_texts()

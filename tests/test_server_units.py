@@ -452,7 +452,7 @@ def test_fetching_from_a_label_studio_that_is_down_fails_fast() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# command line and launcher
+# command line
 
 
 def test_serve_command_line() -> None:
@@ -466,23 +466,6 @@ def test_serve_command_line() -> None:
     assert (args.host, args.port, args.dev, args.no_warm_up) == ("0.0.0.0", 9191, True, True)
     assert main(["serve", "--port", "0"]) == 2
     assert main(["serve", "--config", "/nonexistent/backend.yaml"]) == 2
-
-
-def test_launcher_environment_and_missing_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ls_backend.server.labelstudio import LabelStudioError, LabelStudioServer, installed_version
-
-    monkeypatch.setenv("USERNAME", "someone")
-    server = LabelStudioServer(port=18080, data_dir=tmp_path / "data", venv=tmp_path / "no-venv")
-    env = server.environment()
-    assert "USERNAME" not in env and "PASSWORD" not in env
-    assert len(env["LABEL_STUDIO_USER_TOKEN"]) == 40
-    assert (
-        env["ML_BLOCK_LOCAL_IP"] == env["SSRF_PROTECTION_ENABLED"] == env["LATEST_VERSION_CHECK"] == "false"
-    )
-    assert env["LABEL_STUDIO_BASE_DATA_DIR"] == str(tmp_path / "data")
-    assert installed_version(tmp_path / "no-venv") is None
-    with pytest.raises(LabelStudioError, match="install"):
-        server.start(timeout=1)
 
 
 def test_recent_predictions_keep_the_latest_per_task() -> None:
