@@ -238,9 +238,9 @@ class Bench:
     def raw_llm_seconds(self, texts: list[str]) -> float:
         import torch
 
+        from ls_backend.labelstudio import parse_label_config
         from ls_backend.llms.scoring import score_items
         from ls_backend.server.config import load_config
-        from ls_backend.server.labeling import parse_label_config
         from ls_backend.server.predictor import CascadePredictor, ProjectSetup
 
         torch.set_num_threads(1)

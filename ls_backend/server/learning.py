@@ -40,6 +40,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ls_backend.files import atomic_write_text
+from ls_backend.labelstudio import (
+    CALIBRATION_VIEW,
+    REVIEW_VIEW,
+    UNCERTAINTY_SAMPLING,
+    ClientFactory,
+    LabelStudioAccess,
+    LabelStudioConnector,
+    LabelStudioProject,
+    error_text,
+    parse_label_config,
+    review_view_filters,
+    task_id_filters,
+)
 from ls_backend.loop import (
     EventOutcome,
     LabelingConfig,
@@ -54,22 +67,13 @@ from ls_backend.loop import (
     draw_calibration_sample,
     retrain_lock,
 )
+from ls_backend.loop.catch_up import catch_up_from_label_studio
 from ls_backend.loop.jobs import Job, JobStore
-from ls_backend.loop.labelstudio import catch_up_from_label_studio
 from ls_backend.loop.status import loop_status
 from ls_backend.loop.tuning import tune_in_subprocess
 from ls_backend.server.config import BackendConfig
-from ls_backend.server.jobs import (
-    JOB_METRIC_HELP,
-    JobContext,
-    JobManager,
-    LabelStudioProject,
-    StoredJobState,
-    job_metrics,
-)
-from ls_backend.server.labeling import parse_label_config
+from ls_backend.server.jobs import JOB_METRIC_HELP, JobContext, JobManager, StoredJobState, job_metrics
 from ls_backend.server.predictor import Prediction, ProjectSetup
-from ls_backend.server.projects import LabelStudioAccess
 
 if TYPE_CHECKING:
     from ls_backend.server.predictor import CascadePredictor
@@ -78,110 +82,10 @@ logger = logging.getLogger(__name__)
 
 LABELS_DB = "labels.db"
 PROJECT_FILE = "project.json"
-REVIEW_VIEW = "Needs review"
-CALIBRATION_VIEW = "Calibration sample"
-UNCERTAINTY_SAMPLING = "Uncertainty sampling"  # ProjectSamplingEnum of label-studio-sdk 2.1.2 / LS 1.23.2
 
 
 class ProjectLimitError(RuntimeError):
     """A new project would exceed ``limits.max_projects`` (the server answers 503)."""
-
-
-def review_view_filters(threshold: float) -> dict[str, Any]:
-    """Data Manager filters of the "Needs review" view: the prediction score (Label Studio's ``predictions_score``
-    column, the mean score of the task's predictions by the connected backend's model version) < threshold."""
-    return {
-        "conjunction": "and",
-        "items": [
-            {
-                "filter": "filter:tasks:predictions_score",
-                "operator": "less",
-                "type": "Number",
-                "value": float(threshold),
-            }
-        ],
-    }
-
-
-def task_id_filters(task_ids: Sequence[int]) -> dict[str, Any]:
-    """Data Manager filters that select exactly these tasks (an ``or`` of ``id equal`` items; Label Studio 1.23.2
-    has no "id in set" operator: its ``in`` is a min-max range)."""
-    ids = sorted({int(t) for t in task_ids}) or [0]  # no task has id 0: an empty sample selects nothing
-    return {
-        "conjunction": "or",
-        "items": [
-            {"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": t} for t in ids
-        ],
-    }
-
-
-def label_studio_client(access: LabelStudioAccess, timeout: float = 10.0) -> Any:
-    from label_studio_sdk.client import LabelStudio
-
-    return LabelStudio(base_url=access.url, api_key=access.api_key, timeout=timeout)
-
-
-def _as_dict(item: Any) -> dict[str, Any]:
-    if isinstance(item, Mapping):
-        return dict(item)
-    dump = getattr(item, "model_dump", None) or getattr(item, "dict", None)
-    return dict(dump()) if callable(dump) else {}
-
-
-# Label Studio 1.23.2 computes a Data Manager column only when a view's hiddenColumns does not hide it (or, with
-# no hiddenColumns at all, only the columns its filters and ordering use: the prediction and annotation columns of
-# a view saved through the API stay empty then). These are the columns every view of the backend hides; the
-# prediction score, results and model versions, the annotation results, annotators and completion stay computed.
-HIDDEN_COLUMNS = [
-    "tasks:inner_id",
-    "tasks:annotations_ids",
-    "tasks:cancelled_annotations",
-    "tasks:file_upload",
-    "tasks:storage_filename",
-    "tasks:updated_at",
-    "tasks:updated_by",
-    "tasks:avg_lead_time",
-    "tasks:draft_exists",
-]
-ALL_TASKS_VIEW = "All tasks"
-
-
-def view_settings(title: str, filters: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A Data Manager view's ``data``: title, filters and the hidden columns (the same in the Data Manager's table
-    and in the labeling view's task list)."""
-    data: dict[str, Any] = {
-        "title": title,
-        "hiddenColumns": {"explore": list(HIDDEN_COLUMNS), "labeling": list(HIDDEN_COLUMNS)},
-    }
-    if filters is not None:
-        data["filters"] = dict(filters)
-    return data
-
-
-def ensure_unfiltered_view(client: Any, project: int) -> int | None:
-    """Make sure the project keeps a tab listing every task: Label Studio's frontend makes its "Default" tab only
-    for a project without views, so once the backend adds "Needs review" there would be none. Creates "All tasks"
-    (no filter) unless a view without filters exists; returns the id of the view it created."""
-    for view in client.views.list(project=project):
-        data = _as_dict(view).get("data") or {}
-        if not ((data.get("filters") or {}).get("items") or []):
-            return None
-    created = _as_dict(client.views.create(project=project, data=view_settings(ALL_TASKS_VIEW, None)))
-    return int(created["id"])
-
-
-def upsert_view(client: Any, project: int, title: str, filters: Mapping[str, Any]) -> int:
-    """Create the Data Manager view ``title`` of ``project`` with these filters, or update the one that exists
-    (idempotent: one view per title). Returns its id."""
-    data = view_settings(title, filters)
-    for view in client.views.list(project=project):
-        found = _as_dict(view)
-        if (found.get("data") or {}).get("title") == title:
-            view_data = {**(found.get("data") or {}), **data}
-            client.views.update(id=str(found["id"]), project=project, data=view_data)
-            return int(found["id"])
-    created = _as_dict(client.views.create(project=project, data=data))
-    return int(created["id"])
 
 
 @dataclass
@@ -216,7 +120,8 @@ class LearningLoop:
         predictor: the server's cascade predictor (its LLMs, prompts, score cache and out-of-task models).
         config: the server's configuration (``model_dir``: where labels and versions live).
         access: Label Studio's API for catch-ups, views and sampling (None: only what /setup carries).
-        client_factory: makes a label-studio-sdk client from an access (tests may pass a fake).
+        client_factory: makes a label-studio-sdk client from an access (default: the adapter's ``connect``;
+            tests pass one that returns a fake client).
     """
 
     def __init__(
@@ -224,12 +129,11 @@ class LearningLoop:
         predictor: CascadePredictor,
         config: BackendConfig,
         access: LabelStudioAccess | None = None,
-        client_factory: Callable[[LabelStudioAccess], Any] = label_studio_client,
+        client_factory: ClientFactory | None = None,
     ) -> None:
         self.predictor = predictor
         self.config = config
-        self.access = access
-        self.client_factory = client_factory
+        self.label_studio_api = LabelStudioConnector(access, client_factory)
         self.model_dir = config.resolved_model_dir()
         limits = config.limits
         self.max_projects = limits.max_projects
@@ -577,8 +481,8 @@ class LearningLoop:
         annotation as the backend's own (source ``auto``: never trained on). Tasks with a label are skipped."""
         from ls_backend.loop.events import parse_timestamp_us
 
-        client = self.client(loop)
-        if client is None:
+        label_studio = self.label_studio(loop)
+        if label_studio is None:
             logger.warning("project %s: auto-accept needs Label Studio access", loop.number)
             return 0
         done = {int(t) for t in self.store.labels(loop.number).task_ids}
@@ -588,18 +492,14 @@ class LearningLoop:
             if task_id in done:
                 continue
             try:
-                created = _as_dict(
-                    client.annotations.create(id=task_id, result=loop.setup.label.result(choice))
-                )
+                created = label_studio.annotate(task_id, loop.setup.label.result(choice))
             except Exception as e:
                 logger.warning("project %s: auto-accept of task %s failed: %s", loop.number, task_id, e)
                 continue
-            stamp = created.get("updated_at") or created.get("created_at")
-            if stamp is not None and not isinstance(stamp, str):
-                stamp = stamp.isoformat()
+            stamp = created.updated_at
             updated_at_us = parse_timestamp_us(stamp) if stamp else None
             self.store.mark_auto_annotation(
-                loop.number, int(created["id"]), task_id, updated_at_us, model_version
+                loop.number, created.annotation_id, task_id, updated_at_us, model_version
             )
             made += 1
         if made:
@@ -639,11 +539,11 @@ class LearningLoop:
         prediction, so the view would stay empty)."""
         if not loop.setup.config.learning.views or loop.project_model_version == model_version:
             return True
-        client = self.client(loop)
-        if client is None:
+        label_studio = self.label_studio(loop)
+        if label_studio is None:
             return False
         try:
-            client.projects.update(id=loop.number, model_version=model_version)
+            label_studio.set_model_version(model_version)
         except Exception as e:
             # Label Studio refuses a version it has neither as its ML backend's nor in stored predictions: right
             # after a /predict its predictions may not be saved yet, so try again a little later
@@ -651,7 +551,7 @@ class LearningLoop:
                 "project %s: cannot set its model version %s yet: %s",
                 loop.number,
                 model_version,
-                getattr(e, "body", e),
+                error_text(e),
             )
             if retries > 0:
                 timer = threading.Timer(
@@ -671,9 +571,25 @@ class LearningLoop:
         settings = loop.setup.config.learning
         return (loop.thresholds.review, settings.views, settings.uncertainty_sampling)
 
-    def client(self, loop: ProjectLoop) -> Any | None:
-        access = self.access or loop.access
-        return self.client_factory(access) if access is not None else None
+    @property
+    def access(self) -> LabelStudioAccess | None:
+        """The server's Label Studio access (None: only what each project's /setup carries)."""
+        return self.label_studio_api.access
+
+    @access.setter
+    def access(self, access: LabelStudioAccess | None) -> None:
+        self.label_studio_api.access = access
+
+    @property
+    def client_factory(self) -> ClientFactory:
+        return self.label_studio_api.client_factory
+
+    @client_factory.setter
+    def client_factory(self, factory: ClientFactory) -> None:
+        self.label_studio_api.client_factory = factory
+
+    def label_studio(self, loop: ProjectLoop) -> LabelStudioProject | None:
+        return self.label_studio_api.project(loop.number, loop.access)
 
     def prepare_label_studio(self, loop: ProjectLoop) -> bool:
         """Create the "Needs review" view and set uncertainty sampling (once per threshold; idempotent)."""
@@ -681,15 +597,15 @@ class LearningLoop:
         wanted = self._label_studio_wanted(loop)
         if loop.label_studio_ready == wanted or not (settings.views or settings.uncertainty_sampling):
             return True
-        client = self.client(loop)
-        if client is None:
+        label_studio = self.label_studio(loop)
+        if label_studio is None:
             return False
         try:
             if settings.uncertainty_sampling:
-                client.projects.update(id=loop.number, sampling=UNCERTAINTY_SAMPLING)
+                label_studio.use_uncertainty_sampling()
             if settings.views:
-                ensure_unfiltered_view(client, loop.number)
-                upsert_view(client, loop.number, REVIEW_VIEW, review_view_filters(loop.thresholds.review))
+                label_studio.ensure_unfiltered_view()
+                label_studio.upsert_view(REVIEW_VIEW, review_view_filters(loop.thresholds.review))
         except Exception as e:
             logger.warning("project %s: cannot set up views/sampling in Label Studio: %s", loop.number, e)
             return False
@@ -718,7 +634,7 @@ class LearningLoop:
         loop = self.get(number)
         if loop is None:
             raise KeyError(f"project {number} is unknown to this backend (no /setup yet)")
-        if self.client(loop) is None:
+        if self.label_studio(loop) is None:
             raise RuntimeError(
                 f"project {number}: a job needs Label Studio's API (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)"
             )
@@ -819,8 +735,8 @@ class LearningLoop:
         loop = self.get(job.project)
         if loop is None:
             return None
-        client = self.client(loop)
-        if client is None:
+        label_studio = self.label_studio(loop)
+        if label_studio is None:
             raise RuntimeError("no Label Studio access (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
 
         def after_batch(ids: list[int], texts: list[str], scores: list[float | None], version: str,
@@ -831,7 +747,7 @@ class LearningLoop:
         # loop.setup is read at each call: a /setup with new extra_params applies from the next batch on
         return JobContext(
             state=StoredJobState(self.job_store, job.id),
-            label_studio=LabelStudioProject(client, loop.number),
+            label_studio=label_studio,
             label=loop.setup.label,
             predict=lambda texts: self.predictor.predict(loop.setup, texts, background=True),
             version=lambda: self.predictor.model_version(loop.setup),
@@ -934,9 +850,9 @@ class LearningLoop:
 
     def catch_up(self, loop: ProjectLoop) -> bool:
         """Apply every annotation Label Studio holds for the project; on failure, try again later."""
-        client = self.client(loop)
+        label_studio = self.label_studio(loop)
         retry = loop.setup.config.learning.catch_up_retry_s
-        if client is None:
+        if label_studio is None:
             # tried again later: a /setup may bring an access (its hostname and token), or the server's be set
             log = logger.info if loop.catch_up_without_access else logger.warning
             log(
@@ -948,7 +864,7 @@ class LearningLoop:
             return False
         label = loop.setup.label
         config = LabelingConfig(tuple(label.choices), label.data_key, label.from_name)
-        result = catch_up_from_label_studio(self.store, client, loop.number, config)
+        result = catch_up_from_label_studio(self.store, label_studio, config)
         if result is None:
             loop.catch_up_at = time.monotonic() + retry
             return False
@@ -1007,13 +923,13 @@ class LearningLoop:
     def _update_calibration_view(self, loop: ProjectLoop) -> int | None:
         if not loop.setup.config.learning.views:
             return None
-        client = self.client(loop)
-        if client is None:
+        label_studio = self.label_studio(loop)
+        if label_studio is None:
             return None
         ids = self.store.requested_tasks(loop.number, "calibration")
         try:
-            ensure_unfiltered_view(client, loop.number)
-            return upsert_view(client, loop.number, CALIBRATION_VIEW, task_id_filters(ids))
+            label_studio.ensure_unfiltered_view()
+            return label_studio.upsert_view(CALIBRATION_VIEW, task_id_filters(ids))
         except Exception as e:
             logger.warning("project %s: cannot update the %r view: %s", loop.number, CALIBRATION_VIEW, e)
             return None
