@@ -57,7 +57,7 @@ from ls_backend.labelstudio import LabelConfigError, LabelSpec, LabelStudioAcces
 from ls_backend.loop.events import exceeds_depth, label_studio_id, text_may_exceed_depth
 from ls_backend.loop.jobs import MODES, JobConflict
 from ls_backend.server.config import BackendConfig, ConfigError, load_config, parse_extra_params
-from ls_backend.server.learning import LearningLoop, ProjectLimitError
+from ls_backend.server.learning import LearningLoop
 from ls_backend.server.predictor import (
     CascadePredictor,
     Prediction,
@@ -66,6 +66,7 @@ from ls_backend.server.predictor import (
     describe_predictions,
     label_studio_entry,
 )
+from ls_backend.server.project_registry import ProjectLimitError
 from ls_backend.server.projects import ProjectDescriptions, ProjectIdError, parse_project_id
 from ls_backend.server.telemetry import ServerMetrics
 
