@@ -238,9 +238,9 @@ class Bench:
     def raw_llm_seconds(self, texts: list[str]) -> float:
         import torch
 
+        from ls_backend.labelstudio import parse_label_config
         from ls_backend.llms.scoring import score_items
         from ls_backend.server.config import load_config
-        from ls_backend.server.labeling import parse_label_config
         from ls_backend.server.predictor import CascadePredictor, ProjectSetup
 
         torch.set_num_threads(1)
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    from ls_backend.server.labelstudio import LabelStudioServer
+    from tests.labelstudio_server import LabelStudioServer
 
     skip = set(filter(None, args.skip.split(",")))
     texts, truth = sms_texts()

@@ -169,10 +169,10 @@ def prepare(folder: Path, texts: list[str], oot_scores: Path | None) -> Path:
     import numpy as np
     import yaml
 
+    from ls_backend.labelstudio import parse_label_config
     from ls_backend.llms.cache import ScoreCache
     from ls_backend.scores import write_scores
     from ls_backend.server.config import DEFAULT_LLMS, BackendConfig
-    from ls_backend.server.labeling import parse_label_config
     from ls_backend.server.predictor import CascadePredictor, ProjectSetup
     from ls_backend.synthetic import make_synthetic_scores
 

@@ -119,9 +119,9 @@ def serve(config_path: Path, port: int, threads: int, n_items: int) -> None:
     app = create_app(
         config, CascadePredictor(), auth=None, webhook_secret=None, descriptions=ProjectDescriptions(None)
     )
-    learning = app.extensions["lwc"].learning
-    learning.score = lambda loop, k, texts: project.score_fn(k, texts)  # a warm score cache
-    learning.sync_initial = lambda loop: None  # the initial version is in the model dir already
+    serving = app.extensions["lwc"].learning.serving
+    serving.score = lambda loop, k, texts: project.score_fn(k, texts)  # a warm score cache
+    serving.sync_initial = lambda loop: None  # the initial version is in the model dir already
     serve_waitress(app, "127.0.0.1", port, threads)
 
 

@@ -274,7 +274,7 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ls_backend.server.labelstudio import LabelStudioServer, install, stop_process_group
+    from tests.labelstudio_server import LabelStudioServer, install, stop_process_group
 
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)

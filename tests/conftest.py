@@ -82,7 +82,7 @@ def oot_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def label_studio() -> Iterator[object]:
     """A real Label Studio 1.23.2 on a free loopback port with a fresh data directory under .cache/ (installed
     into .venv-ls first if it is not there: ~110 s once). Yields its Credentials (url, token, ...)."""
-    from ls_backend.server.labelstudio import LabelStudioServer, install
+    from tests.labelstudio_server import LabelStudioServer, install
 
     install()
     server = LabelStudioServer(

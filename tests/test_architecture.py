@@ -97,6 +97,29 @@ def test_nothing_imports_the_cli_or_the_server_except_the_drivers():
             assert not project & {"cli", "server"}, f"{path} imports {sorted(project & {'cli', 'server'})}"
 
 
+ADAPTER = "labelstudio"  # the Label Studio adapter: every label-studio-sdk call, and nothing of the project
+
+
+def test_only_the_label_studio_adapter_imports_label_studio_sdk():
+    for path in PACKAGE.rglob("*.py"):
+        _, external = _project_imports(path)
+        if path.relative_to(PACKAGE).parts[0] != ADAPTER:
+            assert "label_studio_sdk" not in external, f"{path} imports label_studio_sdk outside {ADAPTER}/"
+
+
+def test_the_label_studio_adapter_imports_nothing_from_the_project():
+    """So that both the learning loop and the server may import it, and imports keep pointing one way."""
+    for path in _files(ADAPTER):
+        project, _ = _project_imports(path)
+        assert not project - {ADAPTER}, f"{path.name} imports {sorted(project - {ADAPTER})}"
+
+
+def test_the_package_imports_nothing_from_the_tests_or_the_scripts():
+    for path in PACKAGE.rglob("*.py"):
+        _, external = _project_imports(path)
+        assert not external & {"tests", "scripts"}, path
+
+
 def test_no_pickle_anywhere():
     for path in PACKAGE.rglob("*.py"):
         _, external = _project_imports(path)

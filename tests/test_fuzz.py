@@ -24,10 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ls_backend.labelstudio import LabelStudioAccess
 from ls_backend.loop import LabelStore
 from ls_backend.server import CascadePredictor, create_app
 from ls_backend.server.config import PROJECT_SETTINGS
-from ls_backend.server.projects import LabelStudioAccess, ProjectDescriptions
+from ls_backend.server.projects import ProjectDescriptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BINARY = (REPO_ROOT / "label_config" / "binary_yes_no.xml").read_text()

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ls_backend.loop.jobs import JobConflict, JobStore, ListedTask, plan_tasks
-from ls_backend.server.jobs import Backoff, JobContext, StoredJobState, is_transient, run_job
-from ls_backend.server.labeling import parse_label_config
+from ls_backend.labelstudio import ListedTask, is_transient, parse_label_config
+from ls_backend.loop.jobs import JobConflict, JobStore, plan_tasks
+from ls_backend.server.jobs import Backoff, JobContext, StoredJobState, run_job
 from ls_backend.server.predictor import Prediction, PriorityLock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

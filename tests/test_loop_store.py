@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ls_backend.labelstudio import LabelStudioProject
 from ls_backend.loop import (
     LabelStore,
     Thresholds,
@@ -19,8 +20,8 @@ from ls_backend.loop import (
     calibration_weights,
     draw_calibration_sample,
 )
+from ls_backend.loop.catch_up import catch_up_from_label_studio
 from ls_backend.loop.events import parse_timestamp_us
-from ls_backend.loop.labelstudio import catch_up_from_label_studio, fetch_project_annotations
 from ls_backend.loop.simulation import synthetic_project
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "ls-protocol" / "captures"  # beside the checkout
@@ -193,14 +194,15 @@ def test_catch_up_from_label_studio_through_a_client(store: LabelStore) -> None:
     annotation = dict(capture(16)["annotation"])
     del annotation["task"]  # the API nests annotations in their task
     tasks = [{"id": 1, "data": {"text": "this is good"}, "annotations": [annotation]}, {"id": 2, "data": {}}]
-    fetched = fetch_project_annotations(_FakeClient(tasks), 1, "text")
+    fetched = LabelStudioProject(_FakeClient(tasks), 1).list_annotations("text")
     assert (
         fetched.n_tasks == 2 and fetched.annotations[0]["task"] == 1 and fetched.texts == {1: "this is good"}
     )
-    result = catch_up_from_label_studio(store, _FakeClient(tasks), 1)
+    result = catch_up_from_label_studio(store, LabelStudioProject(_FakeClient(tasks), 1))
     assert result is not None and result.updated == 1
     assert store.labels(1).labels.tolist() == ["no"]
-    assert catch_up_from_label_studio(store, _FakeClient(ConnectionError("refused")), 1) is None
+    down = LabelStudioProject(_FakeClient(ConnectionError("refused")), 1)
+    assert catch_up_from_label_studio(store, down) is None
 
 
 def test_timestamps_order_microseconds() -> None:

@@ -26,8 +26,9 @@ import pytest
 import torch
 from label_studio_sdk.label_interface import LabelInterface
 
+from ls_backend.labelstudio import LabelStudioAccess
 from ls_backend.server import CascadePredictor, Prediction, ProjectSetup, create_app
-from ls_backend.server.projects import LabelStudioAccess, ProjectDescriptions
+from ls_backend.server.projects import ProjectDescriptions
 
 torch.set_num_threads(1)
 

@@ -16,18 +16,19 @@ import pytest
 from werkzeug.serving import make_server
 
 from ls_backend.cli import main
-from ls_backend.loop import LabelStore, VersionStore
-from ls_backend.server import CascadePredictor, create_app
-from ls_backend.server.config import BackendConfig, ConfigError
-from ls_backend.server.learning import (
+from ls_backend.labelstudio import (
     ALL_TASKS_VIEW,
     CALIBRATION_VIEW,
     REVIEW_VIEW,
+    LabelStudioAccess,
     review_view_filters,
     task_id_filters,
     view_settings,
 )
-from ls_backend.server.projects import LabelStudioAccess, ProjectDescriptions
+from ls_backend.loop import LabelStore, VersionStore
+from ls_backend.server import CascadePredictor, create_app
+from ls_backend.server.config import BackendConfig, ConfigError
+from ls_backend.server.projects import ProjectDescriptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BINARY = (REPO_ROOT / "label_config" / "binary_yes_no.xml").read_text()

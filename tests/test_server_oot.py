@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from ls_backend.calibration import CONTENT_FREE_TEXTS, make_calibrator
 from ls_backend.confidence import softmax
 from ls_backend.ensemble import GO_DEEPER
+from ls_backend.labelstudio import parse_label_config
 from ls_backend.loop.model import ServingModel, threshold_policy
 from ls_backend.scores import read_scores
 from ls_backend.server.config import BackendConfig, CascadeSettings
-from ls_backend.server.labeling import parse_label_config
 from ls_backend.server.oot import (
     OOTModelCache,
     OOTScores,

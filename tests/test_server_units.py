@@ -1,5 +1,5 @@
-"""The server's parts on their own: labeling-config reading, configuration merging, the metrics registry,
-project ids and descriptions, the ``lwc serve`` command line and the Label Studio launcher's pieces."""
+"""The server's parts on their own: configuration merging, the metrics registry, project ids and descriptions,
+and the ``lwc serve`` command line."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ls_backend.labelstudio import LabelStudioAccess
 from ls_backend.server.config import (
     PROJECT_SETTINGS,
     SERVER_SETTINGS,
@@ -23,9 +24,7 @@ from ls_backend.server.config import (
     load_config,
     parse_extra_params,
 )
-from ls_backend.server.labeling import LabelConfigError, parse_label_config
 from ls_backend.server.projects import (
-    LabelStudioAccess,
     ProjectDescriptions,
     ProjectIdError,
     parse_project_id,
@@ -34,67 +33,6 @@ from ls_backend.server.projects import (
 from ls_backend.server.telemetry import Histogram, Registry, ServerMetrics, confidence_band
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# labeling configs
-
-
-def test_shipped_label_configs() -> None:
-    binary = parse_label_config((REPO_ROOT / "label_config" / "binary_yes_no.xml").read_text())
-    assert (binary.from_name, binary.to_name, binary.data_key, binary.choices) == (
-        "label",
-        "text",
-        "text",
-        ("yes", "no"),
-    )
-    topics = parse_label_config((REPO_ROOT / "label_config" / "multiclass.xml").read_text())
-    assert topics.choices == ("sport", "business", "politics", "tech", "entertainment")
-    assert topics.result("tech") == [
-        {"from_name": "topic", "to_name": "text", "type": "choices", "value": {"choices": ["tech"]}}
-    ]
-    with pytest.raises(ValueError, match="not one of"):
-        topics.result("weather")
-
-
-def test_alias_is_the_stored_choice_and_value_the_word_asked() -> None:
-    spec = parse_label_config(
-        '<View><Text name="doc" value="$body"/><Choices name="c" toName="doc" choice="multiple">'
-        '<Choice value="positive" alias="POS"/><Choice value="negative" alias="NEG"/></Choices></View>'
-    )
-    assert spec.data_key == "body" and spec.to_name == "doc"
-    assert spec.choices == ("POS", "NEG") and spec.class_words == ("positive", "negative") and spec.multiple
-
-
-@pytest.mark.parametrize(
-    ("config", "message"),
-    [
-        ("", "empty"),
-        ("<View><Text", "does not parse"),
-        ('<View><Text name="t" value="$text"/></View>', "no <Choices>"),
-        (
-            '<View><Image name="i" value="$img"/><Choices name="c" toName="i"><Choice value="a"/>'
-            '<Choice value="b"/></Choices></View>',
-            "exactly one <Text>",
-        ),
-        (
-            '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>',
-            "at least 2",
-        ),
-        (
-            '<View><Text name="t" value="$text"/><Choices name="c" toName="t" value="$options"/></View>',
-            "from task data",
-        ),
-        (
-            '<View><Text name="t" value="plain"/><Choices name="c" toName="t"><Choice value="a"/>'
-            '<Choice value="b"/></Choices></View>',
-            "data key",
-        ),
-    ],
-)
-def test_label_configs_the_backend_cannot_label(config: str, message: str) -> None:
-    with pytest.raises(LabelConfigError, match=re.escape(message)):
-        parse_label_config(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -446,25 +384,17 @@ def test_descriptions_from_webhooks_and_label_studio() -> None:
     assert ProjectDescriptions(None).get(5, wait=1) is None  # no access: nothing to read, no waiting
 
 
-def test_access_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k")
-    assert LabelStudioAccess.from_env() is None
-    monkeypatch.setenv("LABEL_STUDIO_URL", "http://label-studio:8080/")
-    assert LabelStudioAccess.from_env() == LabelStudioAccess("http://label-studio:8080", "k")
-
-
 def test_fetching_from_a_label_studio_that_is_down_fails_fast() -> None:
-    from ls_backend.server.projects import fetch_description_with_sdk
+    from ls_backend.server.projects import fetch_description
 
     started = time.perf_counter()
     with pytest.raises(Exception):  # noqa: B017 - whatever httpx raises for a refused connection
-        fetch_description_with_sdk(LabelStudioAccess("http://127.0.0.1:9", "k" * 40), 1, timeout=2)
+        fetch_description(LabelStudioAccess("http://127.0.0.1:9", "k" * 40), 1, timeout=2)
     assert time.perf_counter() - started < 5
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# command line and launcher
+# command line
 
 
 def test_serve_command_line() -> None:
@@ -478,23 +408,6 @@ def test_serve_command_line() -> None:
     assert (args.host, args.port, args.dev, args.no_warm_up) == ("0.0.0.0", 9191, True, True)
     assert main(["serve", "--port", "0"]) == 2
     assert main(["serve", "--config", "/nonexistent/backend.yaml"]) == 2
-
-
-def test_launcher_environment_and_missing_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ls_backend.server.labelstudio import LabelStudioError, LabelStudioServer, installed_version
-
-    monkeypatch.setenv("USERNAME", "someone")
-    server = LabelStudioServer(port=18080, data_dir=tmp_path / "data", venv=tmp_path / "no-venv")
-    env = server.environment()
-    assert "USERNAME" not in env and "PASSWORD" not in env
-    assert len(env["LABEL_STUDIO_USER_TOKEN"]) == 40
-    assert (
-        env["ML_BLOCK_LOCAL_IP"] == env["SSRF_PROTECTION_ENABLED"] == env["LATEST_VERSION_CHECK"] == "false"
-    )
-    assert env["LABEL_STUDIO_BASE_DATA_DIR"] == str(tmp_path / "data")
-    assert installed_version(tmp_path / "no-venv") is None
-    with pytest.raises(LabelStudioError, match="install"):
-        server.start(timeout=1)
 
 
 def test_recent_predictions_keep_the_latest_per_task() -> None:

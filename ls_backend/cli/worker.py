@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ls_backend.cli import CLIError
-    from ls_backend.server.projects import LabelStudioAccess
+    from ls_backend.labelstudio import LabelStudioAccess
     from ls_backend.server.rq_jobs import run_worker
 
     if not args.redis.startswith(("redis://", "rediss://", "unix://")):

@@ -6,10 +6,11 @@ job when it holds a prediction of the job's target model version that the job di
 that is restarted after a crash (or a kill -9) lists the project again, plans again and creates no prediction
 twice; its own state (below) is the progress people see and what it meant to replace.
 
-:func:`plan_tasks` is the pure part. :class:`JobStore` keeps each job in the label store's SQLite file (tables
-``jobs`` and ``job_tasks``): status, target version, counters, and per task whether it is done and which of its
-predictions the job replaces (``--all``). At most one job per project is active (``queued``, ``running`` or
-``paused``): a unique partial index says so, across threads and processes.
+:func:`plan_tasks` is the pure part, over the tasks as the Label Studio adapter lists them
+(:class:`~ls_backend.labelstudio.ListedTask`). :class:`JobStore` keeps each job in the label store's SQLite file
+(tables ``jobs`` and ``job_tasks``): status, target version, counters, and per task whether it is done and which
+of its predictions the job replaces (``--all``). At most one job per project is active (``queued``, ``running``
+or ``paused``): a unique partial index says so, across threads and processes.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ls_backend.labelstudio import ListedTask
 
 JOB_KINDS = ("prelabel", "refresh")
 MODES = ("missing", "all")
@@ -87,22 +90,6 @@ class JobConflict(RuntimeError):
 
 
 # ---- the plan (pure)
-
-
-@dataclass(frozen=True)
-class ListedTask:
-    """A task as Label Studio lists it: id, text (None: nothing to read), its predictions (id -> version) and
-    their scores (id -> score)."""
-
-    task_id: int
-    text: str | None
-    predictions: Mapping[int, str] = field(default_factory=dict)
-    scores: Mapping[int, float | None] = field(default_factory=dict)
-
-    def score_of(self, version: str) -> float | None:
-        """The score of the task's newest prediction of ``version`` (None: none, or no score)."""
-        own = [p for p, v in self.predictions.items() if v == version]
-        return self.scores.get(max(own)) if own else None
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ls_backend.labelstudio import LabelConfigError, LabelSpec, parse_label_config
     from ls_backend.server.app import create_app
-    from ls_backend.server.labeling import LabelConfigError, LabelSpec, parse_label_config
     from ls_backend.server.predictor import (
         CascadePredictor,
         Prediction,
@@ -20,15 +20,15 @@ if TYPE_CHECKING:
     )
 
 _HOMES = {
-    "create_app": "app",
-    "LabelConfigError": "labeling",
-    "LabelSpec": "labeling",
-    "parse_label_config": "labeling",
-    "CascadePredictor": "predictor",
-    "Prediction": "predictor",
-    "Predictor": "predictor",
-    "ProjectSetup": "predictor",
-    "ServedVersion": "predictor",
+    "create_app": "ls_backend.server.app",
+    "LabelConfigError": "ls_backend.labelstudio",
+    "LabelSpec": "ls_backend.labelstudio",
+    "parse_label_config": "ls_backend.labelstudio",
+    "CascadePredictor": "ls_backend.server.predictor",
+    "Prediction": "ls_backend.server.predictor",
+    "Predictor": "ls_backend.server.predictor",
+    "ProjectSetup": "ls_backend.server.predictor",
+    "ServedVersion": "ls_backend.server.predictor",
 }
 
 __all__ = [
@@ -48,6 +48,6 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    value = getattr(importlib.import_module(home), name)
     globals()[name] = value  # later lookups skip this function
     return value

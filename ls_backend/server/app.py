@@ -52,12 +52,12 @@ from werkzeug.exceptions import (
 )
 
 from ls_backend import __version__
+from ls_backend.labelstudio import LabelConfigError, LabelSpec, LabelStudioAccess, parse_label_config
 from ls_backend.loop.events import exceeds_depth, label_studio_id, text_may_exceed_depth
 from ls_backend.loop.jobs import MODES, JobConflict
 from ls_backend.server.auth import AUTH_REQUIRED, has_basic_auth
 from ls_backend.server.config import BackendConfig, ConfigError, load_config, parse_extra_params
-from ls_backend.server.labeling import LabelConfigError, LabelSpec, parse_label_config
-from ls_backend.server.learning import LearningLoop, ProjectLimitError
+from ls_backend.server.learning import LearningLoop
 from ls_backend.server.predictor import (
     CascadePredictor,
     Prediction,
@@ -66,12 +66,8 @@ from ls_backend.server.predictor import (
     describe_predictions,
     label_studio_entry,
 )
-from ls_backend.server.projects import (
-    LabelStudioAccess,
-    ProjectDescriptions,
-    ProjectIdError,
-    parse_project_id,
-)
+from ls_backend.server.project_registry import ProjectLimitError
+from ls_backend.server.projects import ProjectDescriptions, ProjectIdError, parse_project_id
 from ls_backend.server.telemetry import ServerMetrics
 from ls_backend.server.webhooks import WebhookEndpoint
 

@@ -2,10 +2,10 @@
 promotion or rollback (docs/server.md, "Pre-annotating a project").
 
 Label Studio asks a backend for predictions synchronously and waits ``ML_TIMEOUT_PREDICT`` (100 s): a project of
-a few thousand tasks cannot be pre-annotated that way. A job lists the project's tasks through label-studio-sdk
-(paginated), plans which still need a prediction of the serving version (:func:`ls_backend.loop.jobs.plan_tasks`),
-runs the staged cascade over them in batches, and creates the predictions through the SDK in bulk
-(``projects.import_predictions``: one request per batch).
+a few thousand tasks cannot be pre-annotated that way. A job lists the project's tasks through the Label Studio
+adapter (:class:`ls_backend.labelstudio.LabelStudioProject`, paginated), plans which still need a prediction of
+the serving version (:func:`ls_backend.loop.jobs.plan_tasks`), runs the staged cascade over them in batches, and
+creates the predictions in bulk (one request per batch).
 
 - **Nothing twice.** Label Studio is the truth of what is done: a restarted job lists the project again. A create
   request that failed in a way that may have reached Label Studio (a timeout, a 5xx) is followed by a look at what
@@ -30,15 +30,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ls_backend.loop.jobs import Job, JobPlan, JobStore, ListedTask, plan_tasks
-from ls_backend.server.labeling import LabelSpec
+from ls_backend.labelstudio import LabelSpec, ListedTask, error_text, is_transient
+from ls_backend.loop.jobs import Job, JobPlan, JobStore, plan_tasks
 from ls_backend.server.predictor import Prediction, label_studio_entry
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 50
 """Tasks per batch: predicted together (the cascade's own LLM batches are smaller) and created in one request."""
-PAGE_SIZE = 100
 SYSTEMATIC_FAILURES = 3
 
 
@@ -52,17 +51,6 @@ class JobStopped(Exception):
 
 class LabelStudioRefused(RuntimeError):
     """Label Studio answered a request with a 4xx that retrying cannot change (the job fails with it)."""
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether a failed call to Label Studio may succeed later: no answer at all (connection refused, timeout),
-    a 5xx, 408 or 429. A 4xx otherwise is Label Studio's final word."""
-    status = getattr(error, "status_code", None)
-    if isinstance(status, int):
-        return status >= 500 or status in (408, 429)
-    import httpx
-
-    return isinstance(error, httpx.TransportError | OSError | TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -79,67 +67,19 @@ class Backoff:
             delay = min(delay * 2, self.max_s)
 
 
-def _as_dict(item: Any) -> dict[str, Any]:
-    if isinstance(item, Mapping):
-        return dict(item)
-    dump = getattr(item, "model_dump", None) or getattr(item, "dict", None)
-    return dict(dump()) if callable(dump) else {}
+class ProjectPredictions(Protocol):
+    """The five calls a job makes to its Label Studio project (:class:`~ls_backend.labelstudio.LabelStudioProject`;
+    tests pass an in-memory one that fails on cue)."""
 
+    def list_tasks(self, data_key: str) -> list[ListedTask]: ...
 
-class LabelStudioProject:
-    """The calls a job makes to one Label Studio project, over a label-studio-sdk client."""
+    def create_predictions(self, items: Sequence[Mapping[str, Any]]) -> int: ...
 
-    def __init__(self, client: Any, project: int, page_size: int = PAGE_SIZE) -> None:
-        self.client = client
-        self.project = project
-        self.page_size = page_size
+    def create_prediction(self, item: Mapping[str, Any]) -> None: ...
 
-    def list_tasks(self, data_key: str) -> list[ListedTask]:
-        """Every task of the project, page by page, with its text and its predictions' versions."""
-        tasks = []
-        for raw in self.client.tasks.list(project=self.project, fields="all", page_size=self.page_size):
-            task = _as_dict(raw)
-            data = task.get("data")
-            text = data.get(data_key) if isinstance(data, Mapping) else None
-            readable = isinstance(text, str) and bool(text.strip())
-            predictions, scores = {}, {}
-            for prediction in task.get("predictions") or []:
-                p = _as_dict(prediction)
-                if isinstance(p.get("id"), int):
-                    predictions[int(p["id"])] = str(p.get("model_version") or "")
-                    score = p.get("score")
-                    scores[int(p["id"])] = float(score) if isinstance(score, int | float) else None
-            tasks.append(ListedTask(int(task["id"]), text if readable else None, predictions, scores))
-        return tasks
+    def predictions_of(self, task_ids: Sequence[int], version: str) -> dict[int, list[int]]: ...
 
-    def create_predictions(self, items: Sequence[Mapping[str, Any]]) -> int:
-        """Create predictions (``task``, ``result``, ``score``, ``model_version``) in one request."""
-        reply = self.client.projects.import_predictions(id=self.project, request=[dict(i) for i in items])
-        created = _as_dict(reply).get("created")
-        return int(created) if isinstance(created, int) else len(items)
-
-    def create_prediction(self, item: Mapping[str, Any]) -> None:
-        self.client.predictions.create(**dict(item))
-
-    def predictions_of(self, task_ids: Sequence[int], version: str) -> dict[int, list[int]]:
-        """The ids of the predictions of ``version`` these tasks hold now."""
-        wanted = {int(t) for t in task_ids}
-        found: dict[int, list[int]] = {}
-        for prediction in self.client.predictions.list(project=self.project):
-            p = _as_dict(prediction)
-            if p.get("task") in wanted and p.get("model_version") == version:
-                found.setdefault(int(p["task"]), []).append(int(p["id"]))
-        return found
-
-    def delete_prediction(self, prediction_id: int) -> bool:
-        """Delete one prediction; False when Label Studio has no such prediction (any more)."""
-        try:
-            self.client.predictions.delete(id=int(prediction_id))
-        except Exception as e:
-            if getattr(e, "status_code", None) == 404:
-                return False
-            raise
-        return True
+    def delete_prediction(self, prediction_id: int) -> bool: ...
 
 
 class JobState(Protocol):
@@ -213,7 +153,7 @@ class JobContext:
     """
 
     state: JobState
-    label_studio: LabelStudioProject
+    label_studio: ProjectPredictions
     label: LabelSpec
     predict: Callable[[list[str]], list[Prediction]]
     version: Callable[[], str]
@@ -443,7 +383,7 @@ class _Run:
         except Exception as e:
             if is_transient(e):
                 raise
-            raise LabelStudioRefused(str(getattr(e, "body", e))) from e
+            raise LabelStudioRefused(error_text(e)) from e
 
     def _delete(self, prediction_ids: Sequence[int]) -> int:
         deleted = 0
@@ -467,7 +407,7 @@ class _Run:
                 raise
             except Exception as e:
                 if not is_transient(e):
-                    raise LabelStudioRefused(f"{what}: {getattr(e, 'body', e)}") from e
+                    raise LabelStudioRefused(f"{what}: {error_text(e)}") from e
                 self._pause(what, e, next(delays))
                 continue
             self._resume()
@@ -595,41 +535,3 @@ class JobManager:
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
-
-
-def job_metrics(jobs: Sequence[Job]) -> dict[str, list[str]]:
-    """Prometheus samples of each project's latest job: tasks by state, LLM calls, outputs from the cache, and
-    whether it is active (``lwc_job_*``)."""
-    samples: dict[str, list[str]] = {
-        "lwc_job_tasks": [],
-        "lwc_job_llm_calls": [],
-        "lwc_job_cached_outputs": [],
-        "lwc_job_llm_cost": [],
-        "lwc_job_active": [],
-        "lwc_job_info": [],
-    }
-    for job in jobs:
-        labels = f'project="{job.project}",job="{job.id}",kind="{job.kind}"'
-        pending = max(job.total - job.processed, 0)
-        for state, n in (("total", job.total), ("done", job.done), ("skipped", job.skipped),
-                         ("failed", job.failed), ("pending", pending)):  # fmt: skip
-            samples["lwc_job_tasks"].append(f'lwc_job_tasks{{{labels},state="{state}"}} {n}')
-        samples["lwc_job_llm_calls"].append(f"lwc_job_llm_calls{{{labels}}} {job.llm_calls}")
-        samples["lwc_job_cached_outputs"].append(f"lwc_job_cached_outputs{{{labels}}} {job.cached}")
-        samples["lwc_job_llm_cost"].append(f"lwc_job_llm_cost{{{labels}}} {job.llm_cost:.6g}")
-        samples["lwc_job_active"].append(f'lwc_job_active{{project="{job.project}"}} {int(job.active)}')
-        version = (job.target_version or "").replace('"', "'")
-        samples["lwc_job_info"].append(
-            f'lwc_job_info{{{labels},status="{job.status}",version="{version}"}} 1'
-        )
-    return samples
-
-
-JOB_METRIC_HELP = {
-    "lwc_job_tasks": "tasks of each project's latest pre-annotation job, by state",
-    "lwc_job_llm_calls": "LLM calls made by each project's latest job",
-    "lwc_job_cached_outputs": "LLM outputs each project's latest job read from the score cache",
-    "lwc_job_llm_cost": "what the LLM calls of each project's latest job cost, in the LLMs' cost unit",
-    "lwc_job_active": "whether a pre-annotation job of the project is queued, running or paused",
-    "lwc_job_info": "each project's latest job: status and target model version (value 1)",
-}

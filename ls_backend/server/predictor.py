@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ls_backend.calibration import corrected
+from ls_backend.labelstudio import LabelSpec
 from ls_backend.loop.model import ServingModel
 
 # DEFAULT_LLMS lives with the configuration (a project picks LLMs from it by name); re-exported for old imports
 from ls_backend.server.config import DEFAULT_LLMS as DEFAULT_LLMS
 from ls_backend.server.config import BackendConfig
 from ls_backend.server.corrections import CorrectionState, LLMPrompt, ProjectCorrections, tag_of
-from ls_backend.server.labeling import LabelSpec
 from ls_backend.server.oot import (
     Embed,
     OOTModel,

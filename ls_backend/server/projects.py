@@ -1,8 +1,9 @@
 """What the server remembers about Label Studio projects: their setup and their description.
 
 Label Studio sends only the labeling config to ``/setup``; a project's description (the default question put
-to the LLMs) is read from Label Studio's API in the background, through label-studio-sdk, when the backend has
-``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (or the ``hostname``/``access_token`` that ``/setup`` carries).
+to the LLMs) is read from Label Studio's API in the background, through the Label Studio adapter
+(:mod:`ls_backend.labelstudio`), when the backend has ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (or the
+``hostname``/``access_token`` that ``/setup`` carries).
 Webhook payloads carry the project's description too. Label Studio being down or refusing the key only costs
 the description: the question then falls back to one built from the classes.
 """
@@ -11,22 +12,19 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from ls_backend.labelstudio import LabelStudioAccess, fetch_project_texts
 from ls_backend.loop.events import label_studio_id
 
 logger = logging.getLogger(__name__)
 
-URL_ENV = "LABEL_STUDIO_URL"
 DESCRIPTION_CHARS = 10_000
 """Longest project description remembered (the question put to the LLMs); longer ones are cut."""
-API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 _TAG = re.compile(r"<[^>]+>")
 
 
@@ -62,26 +60,10 @@ def plain_text(markup: str) -> str:
     return " ".join(html.unescape(_TAG.sub(" ", markup)).split())
 
 
-@dataclass(frozen=True)
-class LabelStudioAccess:
-    """Where the backend reads Label Studio's API: URL and API key (legacy token or personal access token)."""
-
-    url: str
-    api_key: str
-
-    @classmethod
-    def from_env(cls) -> LabelStudioAccess | None:
-        url, key = os.environ.get(URL_ENV, "").strip(), os.environ.get(API_KEY_ENV, "").strip()
-        return cls(url.rstrip("/"), key) if url and key else None
-
-
-def fetch_description_with_sdk(access: LabelStudioAccess, project: int, timeout: float) -> str | None:
-    """The project's description, else its instructions, through label-studio-sdk (None when both are empty)."""
-    from label_studio_sdk.client import LabelStudio
-
-    client = LabelStudio(base_url=access.url, api_key=access.api_key, timeout=timeout, max_retries=0)
-    details = client.projects.get(id=project)
-    for text in (details.description, details.expert_instruction):
+def fetch_description(access: LabelStudioAccess, project: int, timeout: float) -> str | None:
+    """The project's description, else its instructions, from Label Studio (None when both are empty)."""
+    texts = fetch_project_texts(access, project, timeout)
+    for text in (texts.description, texts.instruction):
         if isinstance(text, str) and plain_text(text):
             return plain_text(text)
     return None
@@ -95,7 +77,7 @@ class ProjectDescriptions:
 
     Args:
         access: the configured Label Studio access (None: only what ``/setup`` carries, if anything).
-        fetch: reads one project's description (default: through label-studio-sdk).
+        fetch: reads one project's description (default: :func:`fetch_description`).
         timeout: seconds one fetch may take.
         capacity: how many projects' descriptions are remembered (the least recently learned are forgotten, so
             calls naming ever new projects cannot grow it).
@@ -109,7 +91,7 @@ class ProjectDescriptions:
         capacity: int = 10_000,
     ) -> None:
         self.access = access
-        self.fetch = fetch or fetch_description_with_sdk
+        self.fetch = fetch or fetch_description
         self.timeout = timeout
         self.capacity = capacity
         self._known: OrderedDict[int, str | None] = OrderedDict()

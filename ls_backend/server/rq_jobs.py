@@ -24,9 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ls_backend.labelstudio import LabelStudioAccess, LabelStudioProject, connect, parse_label_config
 from ls_backend.loop.jobs import Job, JobConflict, JobPlan, JobStore
 from ls_backend.loop.model import ServingModel
-from ls_backend.server.jobs import JobContext, LabelStudioProject, StoredJobState, run_job
+from ls_backend.server.jobs import JobContext, StoredJobState, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +164,7 @@ def run_queued_job(spec: dict[str, Any]) -> dict[str, Any]:
     from rq import get_current_job
 
     from ls_backend.server.config import load_config
-    from ls_backend.server.labeling import parse_label_config
-    from ls_backend.server.learning import label_studio_client
     from ls_backend.server.predictor import CascadePredictor, ProjectSetup
-    from ls_backend.server.projects import LabelStudioAccess
 
     rq_job = get_current_job()
     if rq_job is None:
@@ -204,9 +202,7 @@ def run_queued_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     context = JobContext(
         state=MirroredJobState(store, local.id, rq_job, server_job),
-        label_studio=LabelStudioProject(
-            label_studio_client(access, timeout=30.0), int(server_job["project"])
-        ),
+        label_studio=LabelStudioProject(connect(access, timeout=30.0), int(server_job["project"])),
         label=setup.label,
         predict=lambda texts: predictor.predict(setup, texts, background=True),
         version=lambda: version.name,

@@ -1,11 +1,14 @@
-"""Install, start and stop a real Label Studio (headless, on loopback) for end-to-end tests and local use.
+"""Install, start and stop a real Label Studio (headless, on loopback) for tests, benchmarks and the demo.
 
-Label Studio pins its own Django, numpy and label-studio-sdk, so it lives in its own virtual environment
-(``.venv-ls`` at the repository root), installed once and reused while it holds the wanted version::
+Test infrastructure, not part of the backend: the backend only talks to a Label Studio that someone runs. Label
+Studio pins its own Django, numpy and label-studio-sdk, so it lives in its own virtual environment (``.venv-ls``
+at the repository root), installed once and reused while it holds the wanted version::
 
-    python -m ls_backend.server.labelstudio install            # ~110 s and ~1 GB the first time
-    python -m ls_backend.server.labelstudio start --port 8080  # prints the URL and the API token
-    python -m ls_backend.server.labelstudio stop
+    scripts/labelstudio.sh install            # ~110 s and ~1 GB the first time
+    scripts/labelstudio.sh start --port 8080  # prints the URL and the API token
+    scripts/labelstudio.sh stop
+
+(``python -m tests.labelstudio_server ...`` from the repository root is the same.)
 
 ``start`` uses a fresh data directory under ``.cache/`` (migrations take ~70 s on first start), an admin user
 and a 40-character legacy API token, and turns off what a loopback setup does not want: the SSRF guard that
@@ -30,7 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 LABEL_STUDIO_VERSION = "1.23.2"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+COMMAND = "scripts/labelstudio.sh"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".venv-ls"
 DEFAULT_STATE_DIR = REPO_ROOT / ".cache" / "labelstudio"
 
@@ -131,7 +135,7 @@ class LabelStudioServer:
     def start(self, timeout: float = 240.0) -> Credentials:
         """Start it and wait until ``/health`` answers 200."""
         if installed_version(self.venv) is None:
-            raise LabelStudioError(f"no Label Studio in {self.venv}; run: python -m {__name__} install")
+            raise LabelStudioError(f"no Label Studio in {self.venv}; run: {COMMAND} install")
         if _get_status(f"{self.url}/health") is not None:
             raise LabelStudioError(f"something already listens on {self.url}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +215,7 @@ def stop_process_group(pid: int, timeout: float = 20.0, alive: Callable[[], bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(

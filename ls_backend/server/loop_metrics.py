@@ -1,0 +1,128 @@
+"""The learning loop's part of ``/metrics``: per-project gauges (labels by source, band counts, the serving
+version and its held-out evaluation, versions by status) and each project's latest pre-annotation job (``lwc_job_*``).
+
+The values are gathered as plain data (:class:`Gauge`, from :func:`project_gauges` and :func:`job_gauges`) and
+rendered apart (:func:`render_loop_metrics`), so that another exposition (e.g. prometheus_client's gauges) can take
+the same data. The server's own counters and histograms are :mod:`ls_backend.server.telemetry`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from ls_backend.loop import LabelStore, VersionError
+from ls_backend.loop.jobs import Job, JobStore
+from ls_backend.server.project_registry import ProjectLoop
+from ls_backend.server.project_status import routing_bands
+from ls_backend.server.serving import served_name
+
+logger = logging.getLogger(__name__)
+
+PROJECT_METRICS = {
+    "lwc_labels": "labeled tasks by why the label was asked for",
+    "lwc_tasks_in_band": "predicted tasks by routing band of their latest score",
+    "lwc_serving_version_info": "the version serving each project (value 1)",
+    "lwc_serving_holdout_ace": "held-out ACE of the serving version",
+    "lwc_serving_holdout_accuracy": "held-out accuracy of the serving version",
+    "lwc_serving_holdout_cost_per_item": "held-out cascade cost per item of the serving version",
+    "lwc_model_versions": "model versions by status (retrain history)",
+}
+JOB_METRICS = {
+    "lwc_job_tasks": "tasks of each project's latest pre-annotation job, by state",
+    "lwc_job_llm_calls": "LLM calls made by each project's latest job",
+    "lwc_job_cached_outputs": "LLM outputs each project's latest job read from the score cache",
+    "lwc_job_llm_cost": "what the LLM calls of each project's latest job cost, in the LLMs' cost unit",
+    "lwc_job_active": "whether a pre-annotation job of the project is queued, running or paused",
+    "lwc_job_info": "each project's latest job: status and target model version (value 1)",
+}
+HOLDOUT_KEYS = ("holdout_ace", "holdout_accuracy", "holdout_cost_per_item")
+VALUE_FORMATS = {"lwc_job_llm_cost": ".6g"}
+"""How a gauge's value is written when not as Python writes it: a job's cost is a sum of measured seconds."""
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """One gauge value: the metric's name, its labels (in order) and the value."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    value: int | float
+
+
+def project_gauges(loop: ProjectLoop, store: LabelStore) -> Iterator[Gauge]:
+    """One project's gauges (of :data:`PROJECT_METRICS`); raises when the project's files cannot be read."""
+    project = ("project", str(loop.number))
+    counts = store.counts(loop.number)
+    for source, n in counts["labels_by_source"].items():
+        yield Gauge("lwc_labels", (project, ("source", str(source))), int(n))
+    for band, n in routing_bands(loop, store).items():
+        yield Gauge("lwc_tasks_in_band", (project, ("band", band)), int(n))
+    statuses: dict[str, int] = {}
+    for entry in loop.versions.list():
+        statuses[entry["status"]] = statuses.get(entry["status"], 0) + 1
+    for status, n in sorted(statuses.items()):
+        yield Gauge("lwc_model_versions", (project, ("status", status)), n)
+    try:
+        version = loop.versions.serving()
+    except VersionError:
+        return
+    yield Gauge(
+        "lwc_serving_version_info", (project, ("version", served_name(version)), ("file", version.name)), 1
+    )
+    for key in HOLDOUT_KEYS:
+        value = version.metrics.get(key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            yield Gauge(f"lwc_serving_{key}", (project,), value)
+
+
+def job_gauges(job: Job) -> Iterator[Gauge]:
+    """A project's latest job's gauges (of :data:`JOB_METRICS`): tasks by state, LLM calls, outputs from the
+    cache, cost, whether it is active, and its status and target version."""
+    labels = (("project", str(job.project)), ("job", str(job.id)), ("kind", job.kind))
+    pending = max(job.total - job.processed, 0)
+    for state, n in (("total", job.total), ("done", job.done), ("skipped", job.skipped),
+                     ("failed", job.failed), ("pending", pending)):  # fmt: skip
+        yield Gauge("lwc_job_tasks", (*labels, ("state", state)), n)
+    yield Gauge("lwc_job_llm_calls", labels, job.llm_calls)
+    yield Gauge("lwc_job_cached_outputs", labels, job.cached)
+    yield Gauge("lwc_job_llm_cost", labels, job.llm_cost)
+    yield Gauge("lwc_job_active", (("project", str(job.project)),), int(job.active))
+    version = (job.target_version or "").replace('"', "'")
+    yield Gauge("lwc_job_info", (*labels, ("status", job.status), ("version", version)), 1)
+
+
+def render_loop_metrics(loops: Sequence[ProjectLoop], store: LabelStore, job_store: JobStore) -> str:
+    """Prometheus text (exposition format 0.0.4) of every project's gauges and latest job, one block per metric.
+    A project whose files cannot be read loses its own lines (logged), never the others' or ``/metrics``."""
+    gauges: list[Gauge] = []
+    for loop in loops:
+        try:
+            gauges += list(project_gauges(loop, store))
+        except Exception:
+            logger.exception("project %s: its metrics could not be read", loop.number)
+    for loop in loops:
+        try:
+            job = job_store.latest(loop.number)
+        except Exception:
+            logger.exception("project %s: its job could not be read", loop.number)
+            continue
+        if job is not None:
+            gauges += list(job_gauges(job))
+    return render_gauges({**PROJECT_METRICS, **JOB_METRICS}, gauges)
+
+
+def render_gauges(metrics: dict[str, str], gauges: Iterable[Gauge]) -> str:
+    """Every metric of ``metrics`` (name -> help, in that order; one without values still gets its header) with
+    its values in the order given."""
+    samples: dict[str, list[str]] = {name: [] for name in metrics}
+    for gauge in gauges:
+        labels = ",".join(f'{key}="{value}"' for key, value in gauge.labels)
+        value = format(gauge.value, VALUE_FORMATS.get(gauge.name, ""))
+        samples[gauge.name].append(f"{gauge.name}{{{labels}}} {value}")
+    lines = []
+    for name, help_text in metrics.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples[name]]
+    return "\n".join(lines) + "\n"
