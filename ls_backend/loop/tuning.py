@@ -13,7 +13,9 @@ Even at the idle priority the child slowed a busy server measurably on a 2-core 
 "Webhooks during a retrain"), so with ``pause_while`` (the server passes "a request is being answered") the child
 is stopped (SIGSTOP) while that holds and continued once it has not held for ``QUIET_S``. The tuning's time cap
 counts the pauses: a retrain during heavy traffic tunes fewer trials, and never delays a request; once the cap has
-passed the child is no longer stopped, so it ends even on a server that is never idle.
+passed the child is no longer stopped, so it ends even on a server that is never idle. The child asks the kernel
+to kill it when the server's thread that started it ends (Linux), and is stopped only once it has: a server
+killed while its child was stopped used to leave that child stopped for ever.
 """
 
 from __future__ import annotations
@@ -90,18 +92,24 @@ def tune_in_subprocess(
         raise TypeError("tune_in_subprocess: strategies must be given by name")
     with tempfile.TemporaryDirectory(prefix="lwc-tuning-") as folder:
         request, reply = Path(folder) / "request.npz", Path(folder) / "reply.json"
+        started = (
+            Path(folder) / "started"
+        )  # the child has tied its life to ours: it may be stopped from now on
         arrays: dict[str, Any] = {"answers": answers, "scores": scores, "labels": labels}
         if costs is not None:
             arrays["costs"] = costs
         arrays = {name: np.asarray(value) for name, value in arrays.items()}
         np.savez(request, options=np.array(json.dumps(options, default=_plain)), **arrays)
-        command = [sys.executable, "-m", __name__, str(request), str(reply), "--nice", str(int(niceness))]
+        command = [
+            sys.executable, "-m", __name__, str(request), str(reply), "--nice", str(int(niceness)),
+            "--parent", str(os.getpid()), "--started", str(started),
+        ]  # fmt: skip
         timeout = options.get("timeout")
         cap = None if timeout is None else float(timeout)
         log = Path(folder) / "child.log"
         with log.open("wb") as output:
             child = subprocess.Popen(command, env=_child_env(), stdout=output, stderr=subprocess.STDOUT)
-            returncode = _wait(child, cap, pause_while)
+            returncode = _wait(child, cap, pause_while, started)
         if returncode != 0:
             tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
             raise TuningProcessError(f"the tuning process exited with {returncode}: {tail}")
@@ -115,12 +123,18 @@ def tune_in_subprocess(
     )
 
 
-def _wait(child: subprocess.Popen[bytes], cap: float | None, pause_while: Callable[[], bool] | None) -> int:
-    """Wait for the child, stopping it while ``pause_while()`` holds, but not once its time cap ``cap`` has passed
-    (it then finishes its trial and ends, so a server busy for long still gets its retrain). It is killed when it
-    runs past the cap plus :data:`STARTUP_MARGIN_S`, not counting the time it was stopped."""
-    started = time.monotonic()
-    paused_total, paused_at, quiet_since = 0.0, None, started
+def _wait(
+    child: subprocess.Popen[bytes], cap: float | None, pause_while: Callable[[], bool] | None, started: Path
+) -> int:
+    """Wait for the child, stopping it while ``pause_while()`` holds, but not before it has created ``started``
+    (see :func:`die_with_parent`) and not once its time cap ``cap`` has passed since then (it then finishes its
+    trial and ends, so a server busy for long still gets its retrain). It is killed when it runs past the cap plus
+    :data:`STARTUP_MARGIN_S`, not counting the time it was stopped."""
+    begun = time.monotonic()
+    paused_total, paused_at, quiet_since = 0.0, None, begun
+    started_at: float | None = (
+        None  # when the child was first seen to have started (its cap counts from then)
+    )
     try:
         while True:
             try:
@@ -128,14 +142,16 @@ def _wait(child: subprocess.Popen[bytes], cap: float | None, pause_while: Callab
             except subprocess.TimeoutExpired:
                 pass
             now = time.monotonic()
-            running_s = now - started - paused_total - (now - paused_at if paused_at is not None else 0.0)
+            running_s = now - begun - paused_total - (now - paused_at if paused_at is not None else 0.0)
             if cap is not None and running_s > cap + STARTUP_MARGIN_S:
                 raise TuningProcessError(
                     f"the tuning process ran past {cap + STARTUP_MARGIN_S:.0f} s and was killed"
                 )
             if pause_while is None:
                 continue
-            may_pause = cap is None or now - started < cap
+            if started_at is None and started.exists():
+                started_at = now
+            may_pause = started_at is not None and (cap is None or now - started_at < cap)
             if may_pause and pause_while():
                 quiet_since = now
                 if paused_at is None:
@@ -195,6 +211,22 @@ def lower_priority(niceness: int) -> str:
     return ", ".join(done) or "unchanged"
 
 
+def die_with_parent(parent: int) -> bool:
+    """Have the kernel kill this process when the thread that started it ends (Linux ``PR_SET_PDEATHSIG``).
+
+    The server stops this process while it answers requests; were the server killed then (kill -9, or a
+    SIGTERM that ends it at once), a stopped child would stay stopped for ever, and SIGKILL is the one signal
+    a stopped process obeys. Returns False when ``parent`` has already gone (then there is nobody to reply to).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):  # no prctl in this libc: nothing more to do
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    return os.getppid() == parent  # checked after the prctl: a parent that died before it is seen here
+
+
 def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     """An Optuna storage for :func:`ls_backend.ensemble.tuning.tune_bin_edges` from a URL: None (in memory),
     ``journal:PATH`` (a journal file) or an RDB URL (``sqlite:///tuning.db``, ``postgresql://...``)."""
@@ -230,7 +262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--nice", type=int, default=NICENESS, help="how much to lower this process's priority"
     )
+    parser.add_argument("--parent", type=int, help="the server's process id: this process ends with it")
+    parser.add_argument(
+        "--started", type=Path, help="a file to create once it does (the server may then stop it)"
+    )
     args = parser.parse_args(argv)
+    if args.parent is not None and not die_with_parent(args.parent):
+        return 1
+    if args.started is not None:
+        args.started.touch()
     lower_priority(args.nice)
     quiet_optuna()
     from ls_backend.ensemble.tuning import tune_bin_edges
