@@ -8,6 +8,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 
 from ls_backend.labelstudio import LabelStudioAccess
+from ls_backend.server.app import _record_llm_usage
 from ls_backend.server.config import (
     PROJECT_SETTINGS,
     SERVER_SETTINGS,
@@ -24,6 +26,7 @@ from ls_backend.server.config import (
     load_config,
     parse_extra_params,
 )
+from ls_backend.server.predictor import Prediction
 from ls_backend.server.projects import (
     ProjectDescriptions,
     ProjectIdError,
@@ -367,6 +370,27 @@ def test_each_server_has_its_own_registry_without_created_series() -> None:
     other = CollectorRegistry()
     Counter("other_total", "another library's counter", registry=other).inc()
     assert other.get_sample_value("other_created") is not None
+
+
+def test_llm_usage_books_calls_cache_hits_and_only_sensible_costs() -> None:
+    state = SimpleNamespace(metrics=ServerMetrics())
+    asked = ["a", "b", "c"]
+    _record_llm_usage(  # type: ignore[arg-type]
+        state,
+        Prediction("yes", 0.9, "v", asked, llm_costs=(0.5, math.nan, 2.0), llm_called=(True, True, False)),
+    )
+    # only the total is known: booked under the chain; an infinite or negative one adds nothing
+    _record_llm_usage(state, Prediction("yes", 0.9, "v", asked, cost=math.inf))  # type: ignore[arg-type]
+    _record_llm_usage(state, Prediction("yes", 0.9, "v", ["a"], cost=-1.0))  # type: ignore[arg-type]
+    registry = state.metrics.registry
+    assert registry.get_sample_value("lwc_llm_calls_total", {"llm": "a"}) == 3
+    assert registry.get_sample_value("lwc_llm_calls_total", {"llm": "c"}) == 1
+    assert registry.get_sample_value("lwc_llm_cache_hits_total", {"llm": "c"}) == 1
+    assert registry.get_sample_value("lwc_llm_cost_total", {"llm": "a"}) == 0.5
+    assert registry.get_sample_value("lwc_llm_cost_total", {"llm": "b"}) == 0
+    assert registry.get_sample_value("lwc_llm_cost_total", {"llm": "a+b+c"}) == 0
+    assert registry.get_sample_value("lwc_cascade_depth_total", {"depth": "3"}) == 2
+    assert registry.get_sample_value("lwc_answered_by_total", {"member": "c"}) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -508,14 +509,21 @@ def _record_llm_usage(state: BackendState, prediction: Prediction) -> None:
         for llm, cost, fresh in zip(prediction.llms_asked, prediction.llm_costs, called, strict=True):
             if fresh:
                 metrics.llm_calls.labels(llm=llm).inc()
-                metrics.llm_cost.labels(llm=llm).inc(max(float(cost), 0.0))
+                metrics.llm_cost.labels(llm=llm).inc(_bookable_cost(cost))
             else:
                 metrics.cache_hits.labels(llm=llm).inc()
         return
     for llm in prediction.llms_asked:
         metrics.llm_calls.labels(llm=llm).inc()
     # only the total is known: it is booked under the chain of LLMs that produced it
-    metrics.llm_cost.labels(llm="+".join(prediction.llms_asked)).inc(max(float(prediction.cost), 0.0))
+    metrics.llm_cost.labels(llm="+".join(prediction.llms_asked)).inc(_bookable_cost(prediction.cost))
+
+
+def _bookable_cost(cost: float) -> float:
+    """What a cost adds to ``lwc_llm_cost_total``: a counter never goes down, and a NaN or infinite sum would stay
+    in it for the life of the process, so a negative or non-finite cost (a broken cost model) adds nothing."""
+    value = float(cost)
+    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 def _record_job_predictions(
