@@ -41,6 +41,7 @@ from label_studio_sdk.client import LabelStudio
 from ls_backend.datasets import load_sms_spam
 from ls_backend.loop import LabelStore, VersionStore
 from tests.conftest import free_port, launch_backend, stop_backend
+from tests.prometheus_text import metric_samples, metric_value
 
 pytestmark = pytest.mark.e2e
 
@@ -262,8 +263,10 @@ def test_the_learning_loop_with_a_real_label_studio(
         assert promoted.name in client.ml.list_model_versions(ml.id).versions
         assert oot_version in client.ml.list_model_versions(ml.id).versions
         metrics = urllib.request.urlopen(f"{backend.url}/metrics", timeout=5).read().decode()
-        assert f'lwc_serving_version_info{{project="{project.id}",version="{promoted.name}"' in metrics
-        assert f'lwc_labels{{project="{project.id}",source="calibration"}} 6' in metrics
+        assert metric_samples(
+            metrics, "lwc_serving_version_info", project=str(project.id), version=promoted.name
+        )
+        assert metric_value(metrics, "lwc_labels", project=str(project.id), source="calibration") == 6
 
         # the promotion refreshes every task's prediction with the new version (a refresh job, from the cache)
         refresh = wait_for(

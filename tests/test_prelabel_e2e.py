@@ -33,6 +33,7 @@ from label_studio_sdk.client import LabelStudio
 from ls_backend.datasets import load_sms_spam
 from ls_backend.loop import VersionStore
 from tests.conftest import free_port, launch_backend, lwc_command, stop_backend
+from tests.prometheus_text import metric_value
 
 pytestmark = pytest.mark.e2e
 
@@ -177,10 +178,8 @@ def test_prelabel_survives_a_kill_and_refreshes_after_promotion_and_rollback(
         status = lwc("status", "--model-dir", str(model_dir), "--project", str(project.id))
         assert f"latest job {job_id} (prelabel, missing): done, {N_TASKS} of {N_TASKS} tasks" in status.stdout
         metrics = urllib.request.urlopen(f"{backend.url}/metrics", timeout=10).read().decode()
-        assert (
-            f'lwc_job_tasks{{project="{project.id}",job="{job_id}",kind="prelabel",state="done"}} {N_TASKS}'
-            in metrics
-        )
+        job_labels = {"project": str(project.id), "job": str(job_id), "kind": "prelabel"}
+        assert metric_value(metrics, "lwc_job_tasks", **job_labels, state="done") == N_TASKS
         # the job's own predictions are booked as /predict's are: /explain says which LLMs answered each task
         # the restarted server predicted (exactly those Label Studio did not hold at the kill), /metrics counts them
         explained = get_json(f"{backend.url}/explain?project={project.id}")["predictions"]

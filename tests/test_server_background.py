@@ -9,10 +9,21 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily
 
 from ls_backend.loop.jobs import Job
 from ls_backend.server.background import BackgroundWork
-from ls_backend.server.loop_metrics import JOB_METRICS, PROJECT_METRICS, Gauge, job_gauges, render_gauges
+from ls_backend.server.loop_metrics import (
+    JOB_METRICS,
+    PROJECT_METRICS,
+    Gauge,
+    LoopMetricsCollector,
+    gauge_families,
+    job_gauges,
+)
+from ls_backend.server.telemetry import ServerMetrics
+from tests.prometheus_text import metric_value
 
 
 def wait_until(condition: Any, timeout: float = 10.0) -> Any:
@@ -94,25 +105,47 @@ def test_a_tick_must_be_positive() -> None:
         BackgroundWork(tick_s=0)
 
 
-def test_job_gauges_render_as_the_metrics_endpoint_always_wrote_them() -> None:
-    job = Job(id=4, project=7, kind="prelabel", mode="missing", status="running", target_version='v"1',
+def exposed(families: list[GaugeMetricFamily]) -> str:
+    """The text ``/metrics`` writes for these gauge families."""
+
+    class Fixed:
+        def collect(self) -> list[GaugeMetricFamily]:
+            return families
+
+    return generate_latest(Fixed()).decode()
+
+
+def test_job_gauges_keep_the_names_labels_and_values_of_the_metrics_endpoint() -> None:
+    version = 'v"1 with a \\ and a\nsecond line'  # escaped in the text, read back as it was
+    job = Job(id=4, project=7, kind="prelabel", mode="missing", status="running", target_version=version,
               total=10, done=3, skipped=1, failed=1, llm_calls=5, cached=2, llm_cost=0.1234567)  # fmt: skip
-    text = render_gauges(JOB_METRICS, job_gauges(job))
-    labels = 'project="7",job="4",kind="prelabel"'
-    for line in (
-        f'lwc_job_tasks{{{labels},state="pending"}} 5',
-        f"lwc_job_llm_calls{{{labels}}} 5",
-        f"lwc_job_cached_outputs{{{labels}}} 2",
-        f"lwc_job_llm_cost{{{labels}}} 0.123457",
-        'lwc_job_active{project="7"} 1',
-        f'lwc_job_info{{{labels},status="running",version="v\'1"}} 1',
-    ):
-        assert line in text.splitlines()
-    empty = render_gauges(PROJECT_METRICS, [])
+    text = exposed(gauge_families(JOB_METRICS, job_gauges(job)))
+    labels = {"project": "7", "job": "4", "kind": "prelabel"}
+    assert metric_value(text, "lwc_job_tasks", **labels, state="pending") == 5
+    assert metric_value(text, "lwc_job_llm_calls", **labels) == 5
+    assert metric_value(text, "lwc_job_cached_outputs", **labels) == 2
+    assert (
+        metric_value(text, "lwc_job_llm_cost", **labels) == 0.123457
+    )  # 6 significant digits of measured seconds
+    assert metric_value(text, "lwc_job_active", project="7") == 1
+    assert metric_value(text, "lwc_job_info", **labels, status="running", version=version) == 1
+    empty = exposed(gauge_families(PROJECT_METRICS, []))
     assert empty.splitlines()[:2] == [
         "# HELP lwc_labels labeled tasks by why the label was asked for",
         "# TYPE lwc_labels gauge",
     ]
     assert len(empty.splitlines()) == 2 * len(PROJECT_METRICS)  # every header, even without values
-    ace = render_gauges(PROJECT_METRICS, [Gauge("lwc_serving_holdout_ace", (("project", "7"),), 0.05)])
-    assert 'lwc_serving_holdout_ace{project="7"} 0.05' in ace
+    ace = exposed(
+        gauge_families(PROJECT_METRICS, [Gauge("lwc_serving_holdout_ace", (("project", "7"),), 0.05)])
+    )
+    assert metric_value(ace, "lwc_serving_holdout_ace", project="7") == 0.05
+
+
+def test_the_loop_collector_registers_without_reading_a_project_and_its_names_are_checked() -> None:
+    def unreadable() -> list[Any]:
+        raise AssertionError("the projects were read at registration")
+
+    registry = ServerMetrics().registry
+    registry.register(LoopMetricsCollector(unreadable, None, None))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lwc_labels"):  # a second source of the same names
+        registry.register(LoopMetricsCollector(unreadable, None, None))  # type: ignore[arg-type]

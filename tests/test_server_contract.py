@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import torch
 from label_studio_sdk.label_interface import LabelInterface
+from prometheus_client.parser import text_string_to_metric_families
 
 from ls_backend.labelstudio import LabelStudioAccess
 from ls_backend.server import CascadePredictor, Prediction, ProjectSetup, create_app
@@ -444,17 +445,14 @@ def test_basic_auth_from_the_environment(
     assert create_app(config, predictor).test_client().get("/versions").status_code == 401
 
 
-METRIC_LINE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$")
-
-
 def parse_metrics(text: str) -> dict[str, float]:
+    """Every sample, read by prometheus_client's parser (which refuses what is not the text format), keyed
+    ``name{label="value",...}`` with the labels in alphabetical order."""
     values = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        match = METRIC_LINE.match(line)
-        assert match, f"not Prometheus text format: {line!r}"
-        values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
     return values
 
 

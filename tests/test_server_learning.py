@@ -29,6 +29,7 @@ from ls_backend.loop import LabelStore, VersionStore
 from ls_backend.server import CascadePredictor, create_app
 from ls_backend.server.config import BackendConfig, ConfigError
 from ls_backend.server.projects import ProjectDescriptions
+from tests.prometheus_text import metric_samples, metric_value
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BINARY = (REPO_ROOT / "label_config" / "binary_yes_no.xml").read_text()
@@ -203,8 +204,9 @@ def test_predictions_are_routed_and_label_studio_gets_views_and_sampling(
     assert "tasks:predictions_score" not in view["data"]["hiddenColumns"]["explore"]
     assert fake.projects.settings[PROJECT] == {"sampling": "Uncertainty sampling", "model_version": oot}
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert f'lwc_tasks_in_band{{project="{PROJECT}",band="review"}} {len(low)}' in metrics
-    assert f'lwc_serving_version_info{{project="{PROJECT}",version="{oot}"' in metrics
+    assert metric_value(metrics, "lwc_tasks_in_band", project=str(PROJECT), band="review") == len(low)
+    assert [s.value for s in metric_samples(metrics, "lwc_serving_version_info", project=str(PROJECT))] == [1]
+    assert metric_samples(metrics, "lwc_serving_version_info", project=str(PROJECT), version=oot)
 
     # a per-project threshold (extra_params) moves the band counts and updates the view (idempotently)
     client.post("/setup", json=setup_body({"loop": {"review_threshold": 0.9}}))

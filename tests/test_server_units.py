@@ -1,20 +1,22 @@
-"""The server's parts on their own: configuration merging, the metrics registry, project ids and descriptions,
+"""The server's parts on their own: configuration merging, the server's metrics, project ids and descriptions,
 and the ``lwc serve`` command line."""
 
 from __future__ import annotations
 
 import itertools
 import math
-import re
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 
 from ls_backend.labelstudio import LabelStudioAccess
+from ls_backend.server.app import _record_llm_usage
 from ls_backend.server.config import (
     PROJECT_SETTINGS,
     SERVER_SETTINGS,
@@ -24,13 +26,15 @@ from ls_backend.server.config import (
     load_config,
     parse_extra_params,
 )
+from ls_backend.server.predictor import Prediction
 from ls_backend.server.projects import (
     ProjectDescriptions,
     ProjectIdError,
     parse_project_id,
     plain_text,
 )
-from ls_backend.server.telemetry import Histogram, Registry, ServerMetrics, confidence_band
+from ls_backend.server.telemetry import LATENCY_BUCKETS, ServerMetrics, confidence_band
+from tests.prometheus_text import metric_samples, metric_value
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -302,22 +306,25 @@ def test_confidence_band_matches_a_reference(score: float) -> None:
 
 
 @given(st.lists(st.floats(min_value=0, max_value=200, allow_nan=False), max_size=50))
-def test_histogram_buckets_are_cumulative(values: list[float]) -> None:
-    histogram = Histogram("h_seconds", "help", ("endpoint",))
+def test_latency_buckets_are_cumulative(values: list[float]) -> None:
+    metrics = ServerMetrics()
     for v in values:
-        histogram.observe(v, endpoint="/p")
-    lines = histogram.render()
+        metrics.latency.labels(endpoint="/p").observe(v)
+    text = generate_latest(metrics.registry).decode()
     buckets = [
-        (m.group(1), int(m.group(2))) for m in map(re.compile(r'.*le="([^"]+)"\} (\d+)').match, lines) if m
+        (float(s.labels["le"]), s.value)
+        for s in metric_samples(text, "lwc_http_request_duration_seconds_bucket")
     ]
     if not values:
         assert buckets == []
         return
+    assert [le for le, _ in buckets] == [*LATENCY_BUCKETS, math.inf]
     counts = [c for _, c in buckets]
-    assert counts == sorted(counts) and counts[-1] == len(values) and buckets[-1][0] == "+Inf"
-    for le, count in buckets[:-1]:
-        assert count == sum(v <= float(le) for v in values)
-    (total,) = [float(line.split()[-1]) for line in lines if line.startswith("h_seconds_sum")]
+    assert counts == sorted(counts) and counts[-1] == len(values)
+    for le, count in buckets:
+        assert count == sum(v <= le for v in values)
+    assert metric_value(text, "lwc_http_request_duration_seconds_count", endpoint="/p") == len(values)
+    total = metric_value(text, "lwc_http_request_duration_seconds_sum", endpoint="/p")
     assert total == pytest.approx(sum(values))
 
 
@@ -326,25 +333,64 @@ def test_counters_are_thread_safe_and_labels_checked() -> None:
 
     def work() -> None:
         for _ in range(2000):
-            metrics.llm_calls.inc(llm="a")
+            metrics.llm_calls.labels(llm="a").inc()
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert metrics.llm_calls.value(llm="a") == 16000
-    with pytest.raises(ValueError, match="takes labels"):
-        metrics.llm_calls.inc(model="a")
-    with pytest.raises(ValueError, match="only increase"):
-        metrics.llm_cost.inc(-1.0, llm="a")
-    registry = Registry()
-    registry.counter("x_total", "x")
-    with pytest.raises(ValueError, match="already registered"):
-        registry.counter("x_total", "again")
-    counter = registry.counter("y_total", 'with "quotes"', ("name",))
-    counter.inc(name='a"b\\c\nd')
-    assert 'y_total{name="a\\"b\\\\c\\nd"} 1' in registry.render()
+    assert metrics.registry.get_sample_value("lwc_llm_calls_total", {"llm": "a"}) == 16000
+    with pytest.raises(ValueError, match="label names"):
+        metrics.llm_calls.labels(model="a")
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.llm_cost.labels(llm="a").inc(-1.0)
+
+
+def test_label_values_are_escaped_and_read_back() -> None:
+    llm = 'an "LLM" with a \\ and a\nnewline'
+    metrics = ServerMetrics()
+    metrics.llm_calls.labels(llm=llm).inc()
+    metrics.llm_cost.labels(llm=llm).inc(0.25)
+    text = generate_latest(metrics.registry).decode()
+    assert metric_value(text, "lwc_llm_calls_total", llm=llm) == 1
+    assert metric_value(text, "lwc_llm_cost_total", llm=llm) == 0.25
+
+
+def test_each_server_has_its_own_registry_without_created_series() -> None:
+    first, second = ServerMetrics(), ServerMetrics()  # two apps in one process: no name clash
+    first.requests.labels(endpoint="/predict", status="200").inc()
+    first.latency.labels(endpoint="/predict").observe(0.1)
+    labels = {"endpoint": "/predict", "status": "200"}
+    assert first.registry.get_sample_value("lwc_http_requests_total", labels) == 1
+    assert second.registry.get_sample_value("lwc_http_requests_total", labels) is None
+    assert not [m.name for m in REGISTRY.collect() if m.name.startswith("lwc_")]
+    assert "_created" not in generate_latest(first.registry).decode()
+    # dropped on this server's registry only: prometheus_client's process-wide switch is left as it was
+    other = CollectorRegistry()
+    Counter("other_total", "another library's counter", registry=other).inc()
+    assert other.get_sample_value("other_created") is not None
+
+
+def test_llm_usage_books_calls_cache_hits_and_only_sensible_costs() -> None:
+    state = SimpleNamespace(metrics=ServerMetrics())
+    asked = ["a", "b", "c"]
+    _record_llm_usage(  # type: ignore[arg-type]
+        state,
+        Prediction("yes", 0.9, "v", asked, llm_costs=(0.5, math.nan, 2.0), llm_called=(True, True, False)),
+    )
+    # only the total is known: booked under the chain; an infinite or negative one adds nothing
+    _record_llm_usage(state, Prediction("yes", 0.9, "v", asked, cost=math.inf))  # type: ignore[arg-type]
+    _record_llm_usage(state, Prediction("yes", 0.9, "v", ["a"], cost=-1.0))  # type: ignore[arg-type]
+    registry = state.metrics.registry
+    assert registry.get_sample_value("lwc_llm_calls_total", {"llm": "a"}) == 3
+    assert registry.get_sample_value("lwc_llm_calls_total", {"llm": "c"}) == 1
+    assert registry.get_sample_value("lwc_llm_cache_hits_total", {"llm": "c"}) == 1
+    assert registry.get_sample_value("lwc_llm_cost_total", {"llm": "a"}) == 0.5
+    assert registry.get_sample_value("lwc_llm_cost_total", {"llm": "b"}) == 0
+    assert registry.get_sample_value("lwc_llm_cost_total", {"llm": "a+b+c"}) == 0
+    assert registry.get_sample_value("lwc_cascade_depth_total", {"depth": "3"}) == 2
+    assert registry.get_sample_value("lwc_answered_by_total", {"member": "c"}) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from ls_backend.server import CascadePredictor, create_app
 from ls_backend.server.projects import ProjectDescriptions
 from ls_backend.server.webhooks import WebhookEndpoint, has_basic_auth
+from tests.prometheus_text import metric_value
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BINARY = (REPO_ROOT / "label_config" / "binary_yes_no.xml").read_text()
@@ -159,9 +160,9 @@ def test_metrics_and_in_flight(tmp_path: Path) -> None:
     client.post("/webhook", data=b"{", content_type="application/json")
     assert seen == [True, True] and not state.busy()
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'lwc_http_requests_total{endpoint="/webhook",status="200"} 1' in text
-    assert 'lwc_http_requests_total{endpoint="/webhook",status="400"} 1' in text
-    assert 'lwc_http_request_duration_seconds_count{endpoint="/webhook"} 2' in text
+    assert metric_value(text, "lwc_http_requests_total", endpoint="/webhook", status="200") == 1
+    assert metric_value(text, "lwc_http_requests_total", endpoint="/webhook", status="400") == 1
+    assert metric_value(text, "lwc_http_request_duration_seconds_count", endpoint="/webhook") == 2
 
 
 def test_a_failing_store_answers_500_and_the_server_goes_on(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -278,6 +280,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["lwc"] = state
     if loop is not None:
+        state.metrics.registry.register(loop.metrics_collector())
         loop.server_busy = state.busy
         loop.on_job_predictions = functools.partial(_record_job_predictions, state)
     _register_hooks(app, state)
@@ -310,10 +313,10 @@ def _register_hooks(app: Flask, state: BackendState) -> None:
     @app.after_request
     def record(response: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        state.metrics.requests.inc(endpoint=endpoint, status=str(response.status_code))
+        state.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
         started = getattr(g, "started", None)
         if started is not None:
-            state.metrics.latency.observe(time.perf_counter() - started, endpoint=endpoint)
+            state.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         return response
 
     @app.teardown_request
@@ -497,22 +500,30 @@ def _record_llm_usage(state: BackendState, prediction: Prediction) -> None:
     """LLM calls and their cost (only calls made now; outputs from the score cache count as cache hits)."""
     if not prediction.llms_asked:
         return
-    state.metrics.depth.inc(depth=str(len(prediction.llms_asked)))
-    state.metrics.answered_by.inc(member=prediction.llms_asked[-1])
+    metrics = state.metrics
+    metrics.depth.labels(depth=str(len(prediction.llms_asked))).inc()
+    metrics.answered_by.labels(member=prediction.llms_asked[-1]).inc()
     n_asked = len(prediction.llms_asked)
     called = prediction.llm_called if prediction.llm_called is not None else (True,) * n_asked
     if prediction.llm_costs is not None and len(prediction.llm_costs) == n_asked and len(called) == n_asked:
         for llm, cost, fresh in zip(prediction.llms_asked, prediction.llm_costs, called, strict=True):
             if fresh:
-                state.metrics.llm_calls.inc(llm=llm)
-                state.metrics.llm_cost.inc(max(float(cost), 0.0), llm=llm)
+                metrics.llm_calls.labels(llm=llm).inc()
+                metrics.llm_cost.labels(llm=llm).inc(_bookable_cost(cost))
             else:
-                state.metrics.cache_hits.inc(llm=llm)
+                metrics.cache_hits.labels(llm=llm).inc()
         return
     for llm in prediction.llms_asked:
-        state.metrics.llm_calls.inc(llm=llm)
+        metrics.llm_calls.labels(llm=llm).inc()
     # only the total is known: it is booked under the chain of LLMs that produced it
-    state.metrics.llm_cost.inc(max(float(prediction.cost), 0.0), llm="+".join(prediction.llms_asked))
+    metrics.llm_cost.labels(llm="+".join(prediction.llms_asked)).inc(_bookable_cost(prediction.cost))
+
+
+def _bookable_cost(cost: float) -> float:
+    """What a cost adds to ``lwc_llm_cost_total``: a counter never goes down, and a NaN or infinite sum would stay
+    in it for the life of the process, so a negative or non-finite cost (a broken cost model) adds nothing."""
+    value = float(cost)
+    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 def _record_job_predictions(
@@ -763,14 +774,9 @@ def _register_routes(app: Flask, state: BackendState) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        text = state.metrics.registry.render()
-        if state.learning is not None:
-            text += state.learning.render_metrics()
-        return Response(
-            text,
-            mimetype="text/plain",
-            content_type=state.metrics.registry.content_type,
-        )
+        # generate_latest writes the text format 0.0.4 (prometheus_client's CONTENT_TYPE_LATEST names 1.0.0 since
+        # 0.23, which its own exporters send only to a scraper that asks for it)
+        return Response(generate_latest(state.metrics.registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 def _register(state: BackendState, project: ProjectSetup, access: LabelStudioAccess | None = None) -> None:

@@ -30,7 +30,7 @@ from ls_backend.server.background import BackgroundWork
 from ls_backend.server.calibration_sample import CalibrationSampler
 from ls_backend.server.config import BackendConfig
 from ls_backend.server.label_intake import LabelIntake
-from ls_backend.server.loop_metrics import render_loop_metrics
+from ls_backend.server.loop_metrics import LoopMetricsCollector
 from ls_backend.server.predictor import ProjectSetup
 from ls_backend.server.project_jobs import OnJobPredictions, ProjectJobs
 from ls_backend.server.project_registry import ProjectLoop, ProjectRegistry
@@ -219,9 +219,9 @@ class LearningLoop:
             raise KeyError(f"project {number} is unknown to this backend (no /setup yet)")
         return project_status(loop, self.store, self.job_store, self.sync_job)
 
-    def render_metrics(self) -> str:
-        """Prometheus text of every project's loop (:func:`~ls_backend.server.loop_metrics.render_loop_metrics`)."""
-        return render_loop_metrics(self.registry.loops(), self.store, self.job_store)
+    def metrics_collector(self) -> LoopMetricsCollector:
+        """Every project's loop gauges, for the app's prometheus_client registry (``/metrics``)."""
+        return LoopMetricsCollector(self.registry.loops, self.store, self.job_store)
 
     # ---- pre-annotation jobs
 

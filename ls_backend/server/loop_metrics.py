@@ -1,17 +1,21 @@
 """The learning loop's part of ``/metrics``: per-project gauges (labels by source, band counts, the serving
 version and its held-out evaluation, versions by status) and each project's latest pre-annotation job (``lwc_job_*``).
 
-The values are gathered as plain data (:class:`Gauge`, from :func:`project_gauges` and :func:`job_gauges`) and
-rendered apart (:func:`render_loop_metrics`), so that another exposition (e.g. prometheus_client's gauges) can take
-the same data. The server's own counters and histograms are :mod:`ls_backend.server.telemetry`'s.
+The values are gathered as plain data (:class:`Gauge`, from :func:`project_gauges` and :func:`job_gauges`), read
+from the projects' files at every scrape, and handed to prometheus_client as gauge families by
+:class:`LoopMetricsCollector`, which the app registers on its registry. The server's own counters and histograms
+are :mod:`ls_backend.server.telemetry`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+
+from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from ls_backend.loop import LabelStore, VersionError
 from ls_backend.loop.jobs import Job, JobStore
@@ -38,9 +42,10 @@ JOB_METRICS = {
     "lwc_job_active": "whether a pre-annotation job of the project is queued, running or paused",
     "lwc_job_info": "each project's latest job: status and target model version (value 1)",
 }
+LOOP_METRICS = {**PROJECT_METRICS, **JOB_METRICS}
 HOLDOUT_KEYS = ("holdout_ace", "holdout_accuracy", "holdout_cost_per_item")
-VALUE_FORMATS = {"lwc_job_llm_cost": ".6g"}
-"""How a gauge's value is written when not as Python writes it: a job's cost is a sum of measured seconds."""
+COST_DIGITS = 6
+"""Significant digits of a job's cost: a sum of measured seconds, whose float noise past these means nothing."""
 
 
 @dataclass(frozen=True)
@@ -88,15 +93,14 @@ def job_gauges(job: Job) -> Iterator[Gauge]:
         yield Gauge("lwc_job_tasks", (*labels, ("state", state)), n)
     yield Gauge("lwc_job_llm_calls", labels, job.llm_calls)
     yield Gauge("lwc_job_cached_outputs", labels, job.cached)
-    yield Gauge("lwc_job_llm_cost", labels, job.llm_cost)
+    yield Gauge("lwc_job_llm_cost", labels, float(f"{job.llm_cost:.{COST_DIGITS}g}"))
     yield Gauge("lwc_job_active", (("project", str(job.project)),), int(job.active))
-    version = (job.target_version or "").replace('"', "'")
-    yield Gauge("lwc_job_info", (*labels, ("status", job.status), ("version", version)), 1)
+    yield Gauge("lwc_job_info", (*labels, ("status", job.status), ("version", job.target_version or "")), 1)
 
 
-def render_loop_metrics(loops: Sequence[ProjectLoop], store: LabelStore, job_store: JobStore) -> str:
-    """Prometheus text (exposition format 0.0.4) of every project's gauges and latest job, one block per metric.
-    A project whose files cannot be read loses its own lines (logged), never the others' or ``/metrics``."""
+def loop_gauges(loops: Sequence[ProjectLoop], store: LabelStore, job_store: JobStore) -> list[Gauge]:
+    """Every project's gauges, then every project's latest job's. A project whose files cannot be read loses its
+    own values (logged), never the others' or ``/metrics``."""
     gauges: list[Gauge] = []
     for loop in loops:
         try:
@@ -111,18 +115,48 @@ def render_loop_metrics(loops: Sequence[ProjectLoop], store: LabelStore, job_sto
             continue
         if job is not None:
             gauges += list(job_gauges(job))
-    return render_gauges({**PROJECT_METRICS, **JOB_METRICS}, gauges)
+    return gauges
 
 
-def render_gauges(metrics: dict[str, str], gauges: Iterable[Gauge]) -> str:
-    """Every metric of ``metrics`` (name -> help, in that order; one without values still gets its header) with
-    its values in the order given."""
-    samples: dict[str, list[str]] = {name: [] for name in metrics}
+def gauge_families(metrics: dict[str, str], gauges: Iterable[Gauge]) -> list[GaugeMetricFamily]:
+    """One gauge family per metric of ``metrics`` (name -> help, in that order; one without values is still
+    exposed, with its help and type) holding its values in the order given."""
+    by_name: dict[str, list[Gauge]] = {name: [] for name in metrics}
     for gauge in gauges:
-        labels = ",".join(f'{key}="{value}"' for key, value in gauge.labels)
-        value = format(gauge.value, VALUE_FORMATS.get(gauge.name, ""))
-        samples[gauge.name].append(f"{gauge.name}{{{labels}}} {value}")
-    lines = []
+        by_name[gauge.name].append(gauge)
+    families = []
     for name, help_text in metrics.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples[name]]
-    return "\n".join(lines) + "\n"
+        values = by_name[name]
+        label_names = [key for key, _ in values[0].labels] if values else []
+        family = GaugeMetricFamily(name, help_text, labels=label_names)
+        for gauge in values:
+            # add_metric pairs the values with the family's label names, right or wrong
+            if [key for key, _ in gauge.labels] != label_names:
+                raise ValueError(f"{name}: labels {gauge.labels} differ from the first value's {label_names}")
+            family.add_metric([value for _, value in gauge.labels], gauge.value)
+        families.append(family)
+    return families
+
+
+class LoopMetricsCollector(Collector):
+    """The learning loop's gauges (:data:`LOOP_METRICS`) for a prometheus_client registry, read at every scrape.
+
+    Args:
+        loops: the projects registered now (more register while the server runs).
+        store: the label store (labels by source, predicted tasks' scores).
+        job_store: the pre-annotation jobs.
+    """
+
+    def __init__(
+        self, loops: Callable[[], Sequence[ProjectLoop]], store: LabelStore, job_store: JobStore
+    ) -> None:
+        self.loops = loops
+        self.store = store
+        self.job_store = job_store
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        # what the registry checks for names already taken at registration, without reading any project's files
+        return gauge_families(LOOP_METRICS, [])
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return gauge_families(LOOP_METRICS, loop_gauges(self.loops(), self.store, self.job_store))
