@@ -59,4 +59,8 @@ def serve_waitress(app: Any, host: str, port: int, threads: int) -> None:
     """Serve ``app`` with waitress as ``lwc serve`` does (also what scripts/bench_webhooks.py measures)."""
     import waitress
 
+    # waitress warns once per request that waits for a free thread: in a burst of webhooks (hundreds at once,
+    # as Label Studio sends them) that is a log line per request, and about 6% of the burst's CPU (measured with
+    # py-spy on scripts/bench_webhooks.py); queueing shows in /metrics' latency histogram instead
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     waitress.serve(app, host=host, port=port, threads=threads, ident="label-with-confidence")
