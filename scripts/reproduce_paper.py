@@ -43,7 +43,7 @@ if str(REPO_ROOT) not in sys.path:  # run from a fresh clone without installing 
 
 from ls_backend import calibration, confidence, metrics  # noqa: E402
 from ls_backend.benchmark.inputs import apply_costs  # noqa: E402
-from ls_backend.benchmark.markdown import fmt, markdown_table, pct, pval  # noqa: E402
+from ls_backend.markdown import fmt, markdown_table, pct, pval  # noqa: E402
 from ls_backend.experiments import (  # noqa: E402
     UNCALIBRATED,
     CalibrationExperiment,
