@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
+from ls_backend.benchmark.inputs import apply_costs, write_synthetic
+from ls_backend.cli import main
 from ls_backend.scores import read_scores
-from tests.test_reproduce import load_script
 from tests.tiny_models import save_sms_llama
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +28,15 @@ tasks:
     classes: ["cash", "love", "home"]
 """
 WORDS = ("free prize call now", "hi how are you", "claim your cash prize", "going home", "thanks love")
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +106,8 @@ def test_too_few_items_and_unknown_tasks_are_clear_errors(measure, files, capsys
     assert "no items for task(s) ['nope']" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def repro() -> object:
-    return load_script(REPO_ROOT / "scripts" / "reproduce_paper.py", "reproduce_paper")
-
-
-def test_a_costs_file_sets_every_items_cost_and_the_cheapest_first_order(repro, tmp_path):
-    scores, _ = repro.write_synthetic(tmp_path, n_items=20, seed=3)
+def test_a_costs_file_sets_every_items_cost_and_the_cheapest_first_order(tmp_path):
+    scores, _ = write_synthetic(tmp_path, n_items=20, seed=3)
     table = read_scores(scores)
     llms = table.llms
     reversed_costs = {llm: 1.0 + k for k, llm in enumerate(reversed(llms))}
@@ -107,7 +115,7 @@ def test_a_costs_file_sets_every_items_cost_and_the_cheapest_first_order(repro, 
                                       for i, t in enumerate(table)}} for llm in llms}}  # fmt: skip
     path = tmp_path / "costs.json"
     path.write_text(json.dumps(costs))
-    applied = repro.apply_costs(table, path)
+    applied = apply_costs(table, path)
     assert applied.llms == tuple(reversed(llms))
     first = next(iter(applied))
     for li, llm in enumerate(first.llms):
@@ -119,16 +127,16 @@ def test_a_costs_file_sets_every_items_cost_and_the_cheapest_first_order(repro, 
     with pytest.raises(
         ValueError, match=f"no valid seconds per item for LLM '{llms[0]}' on task '{first.name}'"
     ):
-        repro.apply_costs(table, path)
+        apply_costs(table, path)
     path.write_text("[]")
     with pytest.raises(ValueError, match="not a costs file"):
-        repro.apply_costs(table, path)
+        apply_costs(table, path)
 
 
-def test_a_missing_costs_file_is_an_error_before_any_work(repro, tmp_path, capsys):
-    scores, tasks = repro.write_synthetic(tmp_path, n_items=20, seed=3)
-    status = repro.main(["--scores", str(scores), "--tasks", str(tasks), "--costs", str(tmp_path / "nope.json"),
-                         "--out", str(tmp_path / "r.md"), "--figures", str(tmp_path / "f")])  # fmt: skip
+def test_a_missing_costs_file_is_an_error_before_any_work(tmp_path, capsys):
+    scores, tasks = write_synthetic(tmp_path, n_items=20, seed=3)
+    status = main(["reproduce", "--scores", str(scores), "--tasks", str(tasks), "--costs",
+                   str(tmp_path / "nope.json"), "--out", str(tmp_path / "r.md"), "--figures", str(tmp_path / "f")])  # fmt: skip
     assert status == 2
     assert "costs file" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
