@@ -1,22 +1,20 @@
-"""``scripts/measure_costs.py`` with two real tiny local LLMs, and how the reproduction applies its costs file."""
+"""``scripts/measure_costs.py`` (``ls_backend.benchmark.measure_costs``) with two real tiny local LLMs, and how the
+reproduction applies its costs file."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
+from ls_backend.benchmark import measure_costs
 from ls_backend.benchmark.inputs import apply_costs, write_synthetic
 from ls_backend.cli import main
 from ls_backend.scores import read_scores
 from tests.tiny_models import save_sms_llama
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TASKS = """
 tasks:
@@ -30,18 +28,9 @@ tasks:
 WORDS = ("free prize call now", "hi how are you", "claim your cash prize", "going home", "thanks love")
 
 
-def load_script(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def measure() -> object:
-    return load_script(REPO_ROOT / "scripts" / "measure_costs.py", "measure_costs")
+def measure() -> ModuleType:
+    return measure_costs
 
 
 @pytest.fixture(scope="module")

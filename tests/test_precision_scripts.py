@@ -1,38 +1,26 @@
-"""The measuring parts of ``scripts/precision_guard.py`` (the comparison with fp32 and the verdict) and of
-``scripts/bench_scoring.py`` (executed FLOPs and the CPU's peak), on synthetic inputs and a tiny model."""
+"""The measuring parts of ``scripts/precision_guard.py`` (the comparison with fp32 and the verdict:
+``ls_backend.benchmark.precision_guard``) and of ``scripts/bench_scoring.py`` (executed FLOPs and the CPU's peak:
+``ls_backend.benchmark.flops``), on synthetic inputs and a tiny model."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
+from ls_backend.benchmark import flops, precision_guard
 from tests.tiny_models import corpus_words, tiny_llama, tiny_word_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_script(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def guard() -> ModuleType:
+    return precision_guard
 
 
 @pytest.fixture(scope="module")
-def guard():
-    return load_script(REPO_ROOT / "scripts" / "precision_guard.py", "precision_guard")
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return load_script(REPO_ROOT / "scripts" / "bench_scoring.py", "bench_scoring")
+def bench() -> ModuleType:
+    return flops
 
 
 def task_scores(seed: int, n: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
