@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ls_backend import calibration, confidence, metrics, sampling
+from ls_backend.markdown import fmt, markdown_table
 from ls_backend.scores import ScoresTable, TaskScores
 
 UNCALIBRATED = "uncalibrated"
@@ -623,31 +624,11 @@ def _scenario_fields(key: str) -> dict[str, Any]:
 
 
 def _markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """A markdown-style table; floats with 4 decimals, missing values as '-'."""
-
-    def cell(value: Any) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        return str(value)
-
-    body = [[cell(row.get(key)) for _, key in columns] for row in rows]
-    widths = [max([len(title)] + [len(r[i]) for r in body]) for i, (title, _) in enumerate(columns)]
-    numeric = [all(_is_number(r[i]) for r in body) and bool(body) for i in range(len(columns))]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True)]
-        return "| " + " | ".join(padded) + " |"
-
-    separator = (
-        "|"
-        + "|".join(
-            ("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric, strict=True)
-        )
-        + "|"
-    )
-    return "\n".join([line([title for title, _ in columns]), separator, *(line(r) for r in body)])
+    """A markdown table of ``rows`` by ``columns`` (title, key): floats with 4 decimals, missing values as '-',
+    columns of numbers aligned right."""
+    body = [[fmt(row.get(key)) for _, key in columns] for row in rows]
+    numeric = [bool(body) and all(_is_number(r[i]) for r in body) for i in range(len(columns))]
+    return markdown_table([title for title, _ in columns], body, right=numeric)
 
 
 def _is_number(text: str) -> bool:

@@ -77,3 +77,9 @@ def open_cache_database(path: str, schema: str, what: str, timeout: float = 60.0
         conn.close()
         raise ValueError(f"{what} {path}: not a usable SQLite database ({e})") from None
     return conn
+
+
+def home_as_tilde(argument: str) -> str:
+    """A command-line argument as a record keeps it: the home folder written as ``~``, not this machine's path."""
+    home = str(Path.home())
+    return "~" + argument[len(home) :] if argument == home or argument.startswith(home + "/") else argument

@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from ls_backend.benchmark.answers import item_id  # noqa: E402
-from ls_backend.files import file_sha256  # noqa: E402
+from ls_backend.files import file_sha256, home_as_tilde  # noqa: E402
 
 PACKAGES = (
     "label-with-confidence", "torch", "transformers", "tokenizers", "gguf", "accelerate", "numpy", "scipy",
@@ -242,12 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"+ embedding every item text into {embeddings}", flush=True)
         write_item_embeddings(items, embeddings)
     wall = time.perf_counter() - started
-    home = str(Path.home())
-    # the recorded commands name the home folder as ~, not this machine's path
-    commands = [
-        "lwc " + " ".join(a.replace(home, "~", 1) if a.startswith(home) else a for a in step)
-        for step in steps
-    ]
+    commands = ["lwc " + " ".join(map(home_as_tilde, step)) for step in steps]
     commands.append(f"ls_backend.embeddings.write_text_embeddings(texts of {items.name}, {embeddings.name})")
     path = write_provenance(args, wall, commands)
     print(f"wrote {path} ({wall:.0f} s)")

@@ -85,6 +85,29 @@ def test_data_formats_import_nothing_from_the_project(module):
         assert not project - {module}, f"{path.name} imports {sorted(project)}"
 
 
+@pytest.mark.parametrize("module", ["files", "markdown"])
+def test_shared_helpers_import_nothing_from_the_project(module):
+    """The helpers every layer may share (file hashes and atomic writes; the reports' markdown) depend on none."""
+    for path in _files(module):
+        project, _ = _project_imports(path)
+        assert not project - {module}, f"{path.name} imports {sorted(project)}"
+
+
+def test_no_test_loads_a_script_by_its_path():
+    """What a test checks lives in the package: a script is a thin entry point, run as a subprocess if at all."""
+    for path in sorted((PACKAGE.parent / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {_dotted(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        names |= {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names
+        }
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        loaders = sorted(
+            n for n in names if n.endswith(("spec_from_file_location", "run_path")) or n == "runpy"
+        )
+        assert not loaders, f"{path.name} loads code by its path: {loaders}"
+
+
 # the drivers: the CLI, the server, and the benchmark's studies, which measure what the server serves
 DRIVERS = {"cli", "server", "benchmark"}
 

@@ -76,3 +76,11 @@ def test_errors_are_reported(scores_file: Path, capsys: pytest.CaptureFixture[st
     assert main(["cascade-report", "--scores", str(scores_file), "--calibrator", "XX", *FAST]) == 2
     assert "unknown calibrator" in capsys.readouterr().err
     assert main(["cascade-report", "--scores", str(scores_file), "--min-items", "100000"]) == 2
+
+
+def test_worker_processes_give_the_same_report(scores_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["cascade-report", "--scores", str(scores_file), *FAST, "--json", "--frontier"]
+    assert main(argv) == 0
+    one_process = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--jobs", "2"]) == 0
+    assert json.loads(capsys.readouterr().out) == one_process

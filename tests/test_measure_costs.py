@@ -1,18 +1,20 @@
-"""``scripts/measure_costs.py`` with two real tiny local LLMs, and how the reproduction applies its costs file."""
+"""``scripts/measure_costs.py`` (``ls_backend.benchmark.measure_costs``) with two real tiny local LLMs, and how the
+reproduction applies its costs file."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
+from ls_backend.benchmark import measure_costs
+from ls_backend.benchmark.inputs import apply_costs, write_synthetic
+from ls_backend.cli import main
 from ls_backend.scores import read_scores
-from tests.test_reproduce import load_script
 from tests.tiny_models import save_sms_llama
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TASKS = """
 tasks:
@@ -27,8 +29,8 @@ WORDS = ("free prize call now", "hi how are you", "claim your cash prize", "goin
 
 
 @pytest.fixture(scope="module")
-def measure() -> object:
-    return load_script(REPO_ROOT / "scripts" / "measure_costs.py", "measure_costs")
+def measure() -> ModuleType:
+    return measure_costs
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +95,8 @@ def test_too_few_items_and_unknown_tasks_are_clear_errors(measure, files, capsys
     assert "no items for task(s) ['nope']" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def repro() -> object:
-    return load_script(REPO_ROOT / "scripts" / "reproduce_paper.py", "reproduce_paper")
-
-
-def test_a_costs_file_sets_every_items_cost_and_the_cheapest_first_order(repro, tmp_path):
-    scores, _ = repro.write_synthetic(tmp_path, n_items=20, seed=3)
+def test_a_costs_file_sets_every_items_cost_and_the_cheapest_first_order(tmp_path):
+    scores, _ = write_synthetic(tmp_path, n_items=20, seed=3)
     table = read_scores(scores)
     llms = table.llms
     reversed_costs = {llm: 1.0 + k for k, llm in enumerate(reversed(llms))}
@@ -107,7 +104,7 @@ def test_a_costs_file_sets_every_items_cost_and_the_cheapest_first_order(repro, 
                                       for i, t in enumerate(table)}} for llm in llms}}  # fmt: skip
     path = tmp_path / "costs.json"
     path.write_text(json.dumps(costs))
-    applied = repro.apply_costs(table, path)
+    applied = apply_costs(table, path)
     assert applied.llms == tuple(reversed(llms))
     first = next(iter(applied))
     for li, llm in enumerate(first.llms):
@@ -119,16 +116,16 @@ def test_a_costs_file_sets_every_items_cost_and_the_cheapest_first_order(repro, 
     with pytest.raises(
         ValueError, match=f"no valid seconds per item for LLM '{llms[0]}' on task '{first.name}'"
     ):
-        repro.apply_costs(table, path)
+        apply_costs(table, path)
     path.write_text("[]")
     with pytest.raises(ValueError, match="not a costs file"):
-        repro.apply_costs(table, path)
+        apply_costs(table, path)
 
 
-def test_a_missing_costs_file_is_an_error_before_any_work(repro, tmp_path, capsys):
-    scores, tasks = repro.write_synthetic(tmp_path, n_items=20, seed=3)
-    status = repro.main(["--scores", str(scores), "--tasks", str(tasks), "--costs", str(tmp_path / "nope.json"),
-                         "--out", str(tmp_path / "r.md"), "--figures", str(tmp_path / "f")])  # fmt: skip
+def test_a_missing_costs_file_is_an_error_before_any_work(tmp_path, capsys):
+    scores, tasks = write_synthetic(tmp_path, n_items=20, seed=3)
+    status = main(["reproduce", "--scores", str(scores), "--tasks", str(tasks), "--costs",
+                   str(tmp_path / "nope.json"), "--out", str(tmp_path / "r.md"), "--figures", str(tmp_path / "f")])  # fmt: skip
     assert status == 2
     assert "costs file" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()

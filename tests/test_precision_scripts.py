@@ -1,27 +1,28 @@
-"""The measuring parts of ``scripts/precision_guard.py`` (the comparison with fp32 and the verdict) and of
-``scripts/bench_scoring.py`` (executed FLOPs and the CPU's peak), on synthetic inputs and a tiny model."""
+"""The measuring parts of ``scripts/precision_guard.py`` (the comparison with fp32 and the verdict:
+``ls_backend.benchmark.precision_guard``) and of ``scripts/bench_scoring.py`` (executed FLOPs and the CPU's peak:
+``ls_backend.benchmark.flops``), on synthetic inputs and a tiny model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
-from tests.test_reproduce import load_script
+from ls_backend.benchmark import flops, precision_guard
+from ls_backend.files import home_as_tilde
 from tests.tiny_models import corpus_words, tiny_llama, tiny_word_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(scope="module")
+def guard() -> ModuleType:
+    return precision_guard
 
 
 @pytest.fixture(scope="module")
-def guard():
-    return load_script(REPO_ROOT / "scripts" / "precision_guard.py", "precision_guard")
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return load_script(REPO_ROOT / "scripts" / "bench_scoring.py", "bench_scoring")
+def bench() -> ModuleType:
+    return flops
 
 
 def task_scores(seed: int, n: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,9 +98,9 @@ def test_cpu_peak_follows_the_flags(bench, monkeypatch) -> None:
     assert bench.cpu_peak("float32", 2, 2.5, 2) == fp32  # 256-bit vectors, two FMA pipes
 
 
-def test_recorded_commands_name_the_home_folder_as_tilde(guard) -> None:
+def test_recorded_commands_name_the_home_folder_as_tilde() -> None:
     home = Path.home()
-    assert guard._home_as_tilde(str(home / ".cache" / "scores.sqlite")) == "~/.cache/scores.sqlite"
-    assert guard._home_as_tilde(str(home)) == "~"
-    assert guard._home_as_tilde(str(home) + "-other") == str(home) + "-other"  # only the folder itself
+    assert home_as_tilde(str(home / ".cache" / "scores.sqlite")) == "~/.cache/scores.sqlite"
+    assert home_as_tilde(str(home)) == "~"
+    assert home_as_tilde(str(home) + "-other") == str(home) + "-other"  # only the folder itself
     assert guard._home_as_tilde("--precisions") == "--precisions"

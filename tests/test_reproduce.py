@@ -1,26 +1,32 @@
-"""The reproduction script end to end on a small synthetic table (quick mode), and its parts."""
+"""``lwc reproduce`` (and ``scripts/reproduce_paper.py``, the same command) end to end on a small synthetic table
+(quick mode), and the parts of ``ls_backend.benchmark`` it is made of."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
+from ls_backend.benchmark.claims import Comparison, compare, verdict
+from ls_backend.benchmark.inputs import write_synthetic
+from ls_backend.benchmark.settings import Settings
+from ls_backend.benchmark.table3 import cascade_jobs, cascade_seed
 from ls_backend.files import file_sha256
+from ls_backend.markdown import fmt, markdown_table, pval
 from ls_backend.scores import read_scores
 from ls_backend.synthetic import synthetic_embeddings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "reproduce_paper.py"
 RESCORE = REPO_ROOT / "scripts" / "rescore_benchmark.py"
+# ``lwc`` run from the repository (``python -m ls_backend.cli``), whichever checkout the installed entry point serves
+LWC = [sys.executable, "-m", "ls_backend.cli"]
 
 HEADINGS = (
     "## Headline",
@@ -41,24 +47,10 @@ HEADINGS = (
 )
 
 
-def load_script(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def repro() -> ModuleType:
-    return load_script(SCRIPT, "reproduce_paper")
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory, repro: ModuleType) -> dict[str, Path]:
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bench")
-    scores, tasks = repro.write_synthetic(folder, n_items=100, seed=1)
+    scores, tasks = write_synthetic(folder, n_items=100, seed=1)
     names = list(read_scores(scores).tasks)
     vectors = synthetic_embeddings(names)
     embeddings = folder / "embeddings.json"
@@ -66,27 +58,33 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, repro: ModuleType) -> dict[
     return {"scores": scores, "tasks": tasks, "embeddings": embeddings, "folder": folder}
 
 
-def run_script(inputs: dict[str, Path], *extra: str) -> subprocess.CompletedProcess[str]:
+def run_reproduce(
+    command: list[str], inputs: dict[str, Path], *extra: str
+) -> subprocess.CompletedProcess[str]:
     folder = inputs["folder"]
     command = [
-        sys.executable, str(SCRIPT), "--scores", str(inputs["scores"]), "--tasks", str(inputs["tasks"]),
+        *command, "--scores", str(inputs["scores"]), "--tasks", str(inputs["tasks"]),
         "--task-embeddings", str(inputs["embeddings"]), "--out", str(folder / "results.md"),
         "--figures", str(folder / "figures"), "--quick", "--no-progress", *extra,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
 
 
-def test_report_is_byte_identical_across_runs_and_worker_counts(inputs: dict[str, Path]) -> None:
+def test_report_is_byte_identical_across_runs_entry_points_and_worker_counts(inputs: dict[str, Path]) -> None:
     out = inputs["folder"] / "results.md"
-    first = run_script(inputs)
+    first = run_reproduce([sys.executable, str(SCRIPT)], inputs, "--jobs", "1")
     assert first.returncode == 0, first.stderr
     text = out.read_text(encoding="utf-8")
-    figures = sorted(p.name for p in (inputs["folder"] / "figures").iterdir())
+    figure_dir = inputs["folder"] / "figures"
+    figures = sorted(p.name for p in figure_dir.iterdir())
     assert figures == ["ace_vs_shots.png", "cost_frontier.png", "reliability.png"]
+    pngs = {name: (figure_dir / name).read_bytes() for name in figures}
     out.unlink()
-    second = run_script(inputs, "--jobs", "2")  # the same numbers whatever the number of worker processes
+    # lwc reproduce is the same command; the same numbers whatever the number of worker processes
+    second = run_reproduce([*LWC, "reproduce"], inputs, "--jobs", "2")
     assert second.returncode == 0, second.stderr
     assert out.read_text(encoding="utf-8") == text
+    assert {name: (figure_dir / name).read_bytes() for name in figures} == pngs
 
     for heading in HEADINGS:
         assert f"\n{heading}\n" in text, heading
@@ -109,53 +107,56 @@ def test_report_is_byte_identical_across_runs_and_worker_counts(inputs: dict[str
     assert text.count("- **Answers ") == 2  # before any label and with 50 labels
 
 
-def test_missing_scores_file_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command", [[sys.executable, str(SCRIPT)], [*LWC, "reproduce"]], ids=["script", "lwc"]
+)
+def test_missing_scores_file_is_a_clear_error(tmp_path: Path, command: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--scores", str(tmp_path / "none.jsonl.gz"), "--no-progress"],
+        [*command, "--scores", str(tmp_path / "none.jsonl.gz"), "--no-progress"],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )  # fmt: skip
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "rescore_benchmark" in result.stderr
 
 
-def comparison(repro: ModuleType, a: list[float], b: list[float]) -> Any:
-    settings = repro.Settings(bootstrap_resamples=50)
-    return repro.compare("x", "a", "b", np.array(a), np.array(b), "pair", settings)
+def comparison(a: list[float], b: list[float]) -> Comparison:
+    settings = Settings(bootstrap_resamples=50)
+    return compare("x", "a", "b", np.array(a), np.array(b), "pair", settings)
 
 
-def test_verdicts(repro: ModuleType) -> None:
+def test_verdicts() -> None:
     rng = np.random.default_rng(0)
     base = rng.uniform(0.1, 0.2, 30)
-    lower = comparison(repro, list(base * 0.5), list(base))
-    assert repro.verdict(lower, want_lower=True) == "holds"
-    assert repro.verdict(lower, want_lower=False) == "does not hold (significantly the other way)"
-    noisy = comparison(repro, list(base[:6] - 0.001 * np.array([1, -1, 1, -1, 1, 1])), list(base[:6]))
-    assert repro.verdict(noisy, want_lower=True) == "same direction, not significant"
+    lower = comparison(list(base * 0.5), list(base))
+    assert verdict(lower, want_lower=True) == "holds"
+    assert verdict(lower, want_lower=False) == "does not hold (significantly the other way)"
+    noisy = comparison(list(base[:6] - 0.001 * np.array([1, -1, 1, -1, 1, 1])), list(base[:6]))
+    assert verdict(noisy, want_lower=True) == "same direction, not significant"
     # significant over many repeats, but the per-task means (the coarser pairs) are not: not "holds"
-    coarse_noisy = repro.compare("x", "a", "b", base * 0.5, base, "pair", repro.Settings(bootstrap_resamples=50),
-                                 coarse=(noisy.a, noisy.b, "task"))  # fmt: skip
-    assert repro.verdict(coarse_noisy, want_lower=True) == (
+    coarse_noisy = compare("x", "a", "b", base * 0.5, base, "pair", Settings(bootstrap_resamples=50),
+                           coarse=(noisy.a, noisy.b, "task"))  # fmt: skip
+    assert verdict(coarse_noisy, want_lower=True) == (
         "same direction; significant over repeats, not over per-task means"
     )
-    coarse_agrees = repro.compare("x", "a", "b", base * 0.5, base, "pair", repro.Settings(bootstrap_resamples=50),
-                                  coarse=(lower.a, lower.b, "task"))  # fmt: skip
-    assert repro.verdict(coarse_agrees, want_lower=True) == "holds"
+    coarse_agrees = compare("x", "a", "b", base * 0.5, base, "pair", Settings(bootstrap_resamples=50),
+                            coarse=(lower.a, lower.b, "task"))  # fmt: skip
+    assert verdict(coarse_agrees, want_lower=True) == "holds"
     assert lower.relative == pytest.approx(-0.5)
     assert lower.ci[0] < lower.test.mean_difference < lower.ci[1]
 
 
-def test_compare_drops_nan_pairs_explicitly(repro: ModuleType) -> None:
-    c = comparison(repro, [0.1, np.nan, 0.3, 0.2], [0.2, 0.1, np.nan, 0.3])
+def test_compare_drops_nan_pairs_explicitly() -> None:
+    c = comparison([0.1, np.nan, 0.3, 0.2], [0.2, 0.1, np.nan, 0.3])
     assert c.test.n_pairs == 2 and c.a.tolist() == [0.1, 0.2]
 
 
-def test_cascade_seeds_are_independent_of_other_tasks_and_paired_across_bins(repro: ModuleType) -> None:
-    assert repro.cascade_seed(0, "sms_spam", 0) == repro.cascade_seed(0, "sms_spam", 0)
-    seeds = {repro.cascade_seed(0, task, r) for task in ("a", "b") for r in range(3)}
+def test_cascade_seeds_are_independent_of_other_tasks_and_paired_across_bins() -> None:
+    assert cascade_seed(0, "sms_spam", 0) == cascade_seed(0, "sms_spam", 0)
+    seeds = {cascade_seed(0, task, r) for task in ("a", "b") for r in range(3)}
     assert len(seeds) == 6
-    settings = repro.Settings(eval_repeats=2, cascade_bins=(5, 10))
-    table = read_scores_fixture(repro)
-    jobs = repro.cascade_jobs(table, table.llms, settings)
+    settings = Settings(eval_repeats=2, cascade_bins=(5, 10))
+    table = read_scores_fixture()
+    jobs = cascade_jobs(table, table.llms, settings)
     by_key = {(j.task, j.repeat): set() for j in jobs}
     for job in jobs:
         by_key[job.task, job.repeat].add(job.seed)
@@ -163,26 +164,23 @@ def test_cascade_seeds_are_independent_of_other_tasks_and_paired_across_bins(rep
     assert len(jobs) == len(table) * 2 * 2
 
 
-def read_scores_fixture(repro: ModuleType) -> Any:
+def read_scores_fixture() -> Any:
     from ls_backend.synthetic import make_synthetic_scores
 
     return make_synthetic_scores(n_tasks=2, n_items=60)
 
 
-def test_markdown_table_alignment(repro: ModuleType) -> None:
-    text = repro.markdown_table(["name", "value"], [["a", "1.0"], ["long name", "10.25"]])
+def test_markdown_table_alignment() -> None:
+    text = markdown_table(["name", "value"], [["a", "1.0"], ["long name", "10.25"]])
     lines = text.splitlines()
     assert lines[0] == "| name      | value |"
     assert lines[1] == "|-----------|------:|"
     assert lines[3] == "| long name | 10.25 |"
-    assert (
-        repro.fmt(float("nan")) == "-" and repro.fmt(0.12345) == "0.1235" and repro.pval(1e-7) == "< 0.0001"
-    )
+    assert fmt(float("nan")) == "-" and fmt(0.12345) == "0.1235" and pval(1e-7) == "< 0.0001"
 
 
-def test_provenance_only_records_models_prompts_and_costs(tmp_path: Path, repro: ModuleType) -> None:
-    rescore = load_script(RESCORE, "rescore_benchmark")
-    scores, _tasks = repro.write_synthetic(tmp_path, n_items=20, seed=0)
+def test_provenance_only_records_models_prompts_and_costs(tmp_path: Path) -> None:
+    scores, _tasks = write_synthetic(tmp_path, n_items=20, seed=0)
     (tmp_path / "items.jsonl").write_text('{"id": "0", "task": "spam_0", "text": "hi", "label": "yes"}\n')
     table = read_scores(scores)
     llms = tmp_path / "llms.yaml"
@@ -199,7 +197,11 @@ def test_provenance_only_records_models_prompts_and_costs(tmp_path: Path, repro:
     )
     quiet = {llm: {"tasks": {t.name: 0.5 * (k + 1) for t in table}} for k, llm in enumerate(table.llms)}
     (tmp_path / "costs.json").write_text(json.dumps({"llms": quiet}))
-    assert rescore.main(["--llms", str(llms), "--dir", str(tmp_path), "--provenance-only"]) == 0
+    rescore = subprocess.run(
+        [sys.executable, str(RESCORE), "--llms", str(llms), "--dir", str(tmp_path), "--provenance-only"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert rescore.returncode == 0, rescore.stderr
     provenance = json.loads((tmp_path / "provenance.json").read_text())
     by_name = {entry["name"]: entry for entry in provenance["llms"]}
     from ls_backend.llms.packaged import packaged_model

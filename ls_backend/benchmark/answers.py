@@ -581,7 +581,7 @@ def answers_markdown(
 
     ``student_from``: the label count from which the product's cascade has the student as member 0 (the learning
     loop's ``student_min_labels``; None: never), so that the served rows are the cascade with the student there."""
-    from ls_backend.benchmark.markdown import fmt, markdown_table, pval
+    from ls_backend.markdown import fmt, markdown_table, pval
 
     balanced, natural, multi = (view_names(study, f) for f in ("balanced", "natural", "multiclass"))
     out: list[str] = []
@@ -797,7 +797,7 @@ def bc_min_items(
 def bc_curve_markdown(
     curve: Mapping[str, Mapping[str, float]], sizes: Sequence[int] = BC_SAMPLE_SIZES
 ) -> str:
-    from ls_backend.benchmark.markdown import fmt, markdown_table
+    from ls_backend.markdown import fmt, markdown_table
 
     keys = ["none", "CC", *(str(m) for m in sizes), "all"]
     rows = [[f"`{llm}`", *(fmt(row.get(k, float("nan")), 3) for k in keys)] for llm, row in curve.items()]
@@ -813,7 +813,7 @@ def student_markdown(
 ) -> tuple[str, dict[str, float]]:
     """The student alone, the LLM cascade and the cascade with the student, per label count (balanced binary,
     natural-ratio and multi-class tasks), with paired tests over the balanced binary tasks; and headline numbers."""
-    from ls_backend.benchmark.markdown import fmt, markdown_table, pval
+    from ls_backend.markdown import fmt, markdown_table, pval
 
     methods = sorted({m for _, m, _ in study.results if m.startswith(f"{WITH_STUDENT}:")})
     if not methods:

@@ -458,7 +458,7 @@ def run_prompt_study(
 def study_markdown(study: Mapping[str, Any], previous: Mapping[str, str] | None = None) -> str:
     """The prompt study as markdown: per LLM, every variant's means over tasks (the chosen one in bold), the
     instruct grid's main effects, and per task the chosen variant against ``previous`` (the former default)."""
-    from ls_backend.benchmark.markdown import fmt, markdown_table
+    from ls_backend.markdown import fmt, markdown_table
 
     settings = study["settings"]
     out = [

@@ -78,6 +78,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--min-items", type=_positive_int, default=20, help="skip tasks with fewer labeled items"
     )
+    parser.add_argument(
+        "--jobs", type=_positive_int, default=1,
+        help="worker processes, one task each (results do not change; default 1)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -87,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from ls_backend.benchmark.table3_runner import CascadeJob, TableOptions, run_jobs, task_job
     from ls_backend.cli import CLIError
-    from ls_backend.ensemble.report import average_tables, cascade_table
+    from ls_backend.ensemble.report import average_tables
     from ls_backend.scores import read_scores
 
     table = read_scores(args.scores)
@@ -108,25 +113,33 @@ def run(args: argparse.Namespace) -> int:
     if not tasks:
         raise CLIError(f"no task has {args.min_items} labeled items (use --min-items)")
 
-    results: dict[str, Any] = {}
-    progress = tqdm(
-        total=len(tasks) * args.eval_splits * 2, desc="cascade-report", unit="tuning", file=sys.stderr,
-        disable=not sys.stderr.isatty(),
-    )  # fmt: skip
+    jobs = []
     for task in tasks:
-        order = [task.llm_index(llm) for llm in llms]
-        labeled = task.labeled
         positive = None
         if args.positive_class is not None and args.positive_class in task.classes and len(task.classes) == 2:
             positive = task.classes.index(args.positive_class)
-        progress.set_postfix_str(task.name)
-        result = cascade_table(
-            task.logits[order][:, labeled], task.answers[order][:, labeled], task.costs[order][:, labeled],
-            task.labels[labeled], llms=llms, calibrator=args.calibrator, n_bins=args.bins, n_trials=args.trials,
-            n_splits=args.splits, n_eval_splits=args.eval_splits, test_size=args.test_size, seed=args.seed,
-            lam=args.lam, budget=args.budget, positive_class=positive, reference_llm=reference,
-            on_step=lambda _method: progress.update(1),
+        options = TableOptions(
+            calibrator=args.calibrator, n_bins=args.bins, n_trials=args.trials, n_splits=args.splits,
+            n_eval_splits=args.eval_splits, test_size=args.test_size, seed=args.seed, lam=args.lam,
+            budget=args.budget, positive_class=positive, reference_llm=reference,
         )  # fmt: skip
+        jobs.append(task_job(task, llms, options))
+
+    tunings_per_task = args.eval_splits * 2  # the uncalibrated and the calibrated cascade on each split
+    progress = tqdm(
+        total=len(tasks) * tunings_per_task, desc="cascade-report", unit="tuning", file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+    )  # fmt: skip
+
+    def show(job: CascadeJob) -> None:
+        progress.set_postfix_str(job.task)
+
+    results: dict[str, Any] = {}
+    runs = run_jobs(jobs, args.jobs, on_start=show, on_step=lambda _method: progress.update(1))
+    for task, (job, result) in zip(tasks, runs, strict=True):
+        if args.jobs > 1:  # worker processes report no step
+            progress.update(tunings_per_task)
+        positive = job.options.positive_class
         result["f1_of"] = task.classes[positive] if positive is not None else "macro"
         policy = result.pop("policy")
         policy["classes"] = list(task.classes)
