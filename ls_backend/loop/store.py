@@ -425,16 +425,17 @@ class LabelStore:
         threads, and hands the lead to the first event queued meanwhile. Each waiting thread is woken once; waiting
         on the write lock instead, the waiters of a batch woke one after another to find their event stored, a
         convoy that cost more CPU than storing the events (docs/learning-loop.md, "Webhook latency")."""
-        with self._pending_lock:
-            batch, self._pending = self._pending, []
+        batch: list[_PendingEvent] = []
         try:
-            with self._write_lock:
+            with (
+                self._write_lock
+            ):  # taken before the batch: what queues while another writer holds it joins it
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
                 self._store_batch(batch)
         finally:
             for item in batch:
-                if (
-                    item.outcome is None and item.error is None
-                ):  # interrupted (the leader's thread was stopped)
+                if item.outcome is None and item.error is None:  # the leader was interrupted
                     item.error = RuntimeError("storing the event was interrupted")
                 item.done = True
                 item.woken.set()
