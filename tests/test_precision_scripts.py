@@ -103,4 +103,4 @@ def test_recorded_commands_name_the_home_folder_as_tilde() -> None:
     assert home_as_tilde(str(home / ".cache" / "scores.sqlite")) == "~/.cache/scores.sqlite"
     assert home_as_tilde(str(home)) == "~"
     assert home_as_tilde(str(home) + "-other") == str(home) + "-other"  # only the folder itself
-    assert guard._home_as_tilde("--precisions") == "--precisions"
+    assert home_as_tilde("--precisions") == "--precisions"
