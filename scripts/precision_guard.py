@@ -109,11 +109,10 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     import yaml
 
     from ls_backend.benchmark.prompt_study import PromptVariant, study_items, variant_config
-    from ls_backend.cli.score import read_items
     from ls_backend.llms.cache import ScoreCache
     from ls_backend.llms.config import LLMConfig
     from ls_backend.llms.scoring import score_items
-    from ls_backend.tasks import load_tasks
+    from ls_backend.tasks import load_tasks, read_items
 
     torch.set_num_threads(args.threads)
     tasks = load_tasks(args.tasks)

@@ -74,10 +74,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
 
-    from ls_backend.cli.score import read_items
     from ls_backend.llms.config import load_llm_configs
     from ls_backend.llms.scoring import score_items
-    from ls_backend.tasks import load_tasks
+    from ls_backend.tasks import load_tasks, read_items
 
     if args.per_task < 1 or args.rounds < 1 or args.batch_size < 1:
         raise ValueError("--per-task, --rounds and --batch-size must be >= 1")

@@ -378,10 +378,9 @@ def run_prompt_study(
     """
     import yaml
 
-    from ls_backend.cli.score import read_items
     from ls_backend.llms.cache import ScoreCache
     from ls_backend.llms.scoring import score_items
-    from ls_backend.tasks import load_tasks
+    from ls_backend.tasks import load_tasks, read_items
 
     tasks = load_tasks(tasks_path)
     items_file = read_items(items_path, tasks)
