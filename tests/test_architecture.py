@@ -85,9 +85,10 @@ def test_data_formats_import_nothing_from_the_project(module):
         assert not project - {module}, f"{path.name} imports {sorted(project)}"
 
 
-@pytest.mark.parametrize("module", ["files", "markdown"])
+@pytest.mark.parametrize("module", ["files", "database", "markdown"])
 def test_shared_helpers_import_nothing_from_the_project(module):
-    """The helpers every layer may share (file hashes and atomic writes; the reports' markdown) depend on none."""
+    """The helpers every layer may share (file hashes and atomic writes; the durable SQLite files' connections;
+    the reports' markdown) depend on none."""
     for path in _files(module):
         project, _ = _project_imports(path)
         assert not project - {module}, f"{path.name} imports {sorted(project)}"

@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
+from ls_backend.database import ThreadConnections, add_missing_columns
 from ls_backend.labelstudio import ListedTask
 
 JOB_KINDS = ("prelabel", "refresh")
@@ -218,35 +217,18 @@ class JobStore:
     """Jobs in the label store's SQLite file (WAL; one connection per thread and process)."""
 
     def __init__(self, path: str | os.PathLike[str], busy_timeout_ms: int = 10_000) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self._connections = ThreadConnections(path, busy_timeout_ms, "FULL")
+        self.path = self._connections.path
+        self.busy_timeout_ms = self._connections.busy_timeout_ms
+        self._write_lock = self._connections.write_lock
         self._connection().executescript(SCHEMA)
         self._add_columns()
 
     def _add_columns(self) -> None:
-        conn = self._connection()
-        for table, column, declaration in ADDED_COLUMNS:
-            if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
-                continue
-            try:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            except sqlite3.OperationalError as e:  # another process added it first
-                if "duplicate column" not in str(e):
-                    raise
+        add_missing_columns(self._connection(), ADDED_COLUMNS)
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
-            return conn
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._connections.get()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

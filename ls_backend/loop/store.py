@@ -44,11 +44,11 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from ls_backend.database import ThreadConnections, add_missing_columns
 from ls_backend.loop.events import (
     DELETE_ACTION,
     TRAIN_ACTION,
@@ -312,8 +312,6 @@ class LabelStore:
         max_event_bytes: int = MAX_EVENT_BYTES,
         max_json_depth: int = MAX_JSON_DEPTH,
     ):
-        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
-            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         for name, value in (
             ("max_text_chars", max_text_chars),
             ("max_event_bytes", max_event_bytes),
@@ -321,17 +319,14 @@ class LabelStore:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.synchronous = synchronous.upper()
-        self.busy_timeout_ms = int(busy_timeout_ms)
+        self._connections = ThreadConnections(path, busy_timeout_ms, synchronous)
+        self.path = self._connections.path
+        self.synchronous = self._connections.synchronous
+        self.busy_timeout_ms = self._connections.busy_timeout_ms
         self.max_text_chars = max_text_chars
         self.max_event_bytes = max_event_bytes
         self.max_json_depth = max_json_depth
-        self._local = threading.local()
-        # Threads of one process queue here instead of in SQLite's busy handler, whose sleeps (up to 100 ms
-        # each) let 200 waiting writers starve each other for seconds; other processes still wait in SQLite.
-        self._write_lock = threading.Lock()
+        self._write_lock = self._connections.write_lock
         self._pending_lock = threading.Lock()
         self._pending: list[_PendingEvent] = []
         self._leading = False  # a thread is storing a batch (under _pending_lock)
@@ -340,39 +335,16 @@ class LabelStore:
         self._add_columns()
 
     def _add_columns(self) -> None:
-        """Bring a file made by an older version up to the current schema (columns are only ever added)."""
-        conn = self._connection()
-        for table, column, declaration in ADDED_COLUMNS:
-            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-            if column in present:
-                continue
-            try:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            except sqlite3.OperationalError as e:  # another process added it first
-                if "duplicate column" not in str(e):
-                    raise
+        add_missing_columns(self._connection(), ADDED_COLUMNS)
 
     # ---- connections
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
-            return conn
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            logger.warning("label store %s: journal mode is %s, not WAL", self.path, mode)
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._connections.get()
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
-            conn.close()
-        self._local.conn = None
+        self._connections.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,72 @@
+"""The durable SQLite files of the learning loop (the label store, the jobs beside it): one connection per thread
+and process, WAL, writers queued on a lock of the process, and a schema that only ever gains columns."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
+
+
+class ThreadConnections:
+    """Connections to one SQLite file, one per thread and process (a connection must not cross threads or a fork).
+
+    Each is in autocommit mode (transactions are explicit: ``BEGIN IMMEDIATE``), waits up to ``busy_timeout_ms``
+    for a writer of another process, and uses WAL with the ``synchronous`` level given (``FULL`` makes each commit
+    survive a power cut, ``NORMAL`` a crash of the process only). ``write_lock`` queues the writers of this
+    process here rather than in SQLite's busy handler, whose sleeps (up to 100 ms each) let many waiting writers
+    starve each other for seconds.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], busy_timeout_ms: int = 10_000, synchronous: str = "FULL"
+    ):
+        if synchronous.upper() not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {list(SYNCHRONOUS)}, got {synchronous!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self.synchronous = synchronous.upper()
+        self.write_lock = threading.Lock()
+        self._local = threading.local()
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            return conn
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            logger.warning("%s: journal mode is %s, not WAL", self.path, mode)
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+
+def add_missing_columns(conn: sqlite3.Connection, columns: Iterable[tuple[str, str, str]]) -> None:
+    """Bring a file made by an older version up to the current schema: each (table, column, declaration) is added
+    where missing (columns are only ever added, so an older file always opens)."""
+    for table, column, declaration in columns:
+        if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.OperationalError as e:  # another process added it first
+            if "duplicate column" not in str(e):
+                raise
