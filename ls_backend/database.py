@@ -7,7 +7,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,22 @@ class ThreadConnections:
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         self._local.conn, self._local.pid = conn, os.getpid()
         return conn
+
+    @contextmanager
+    def transaction(self, on_rollback: Callable[[], None] | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``) on this thread's connection, under the write lock; committed
+        when the block ends, rolled back (and ``on_rollback`` called) when it raises."""
+        conn = self.get()
+        with self.write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                if on_rollback is not None:
+                    on_rollback()
+                raise
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""

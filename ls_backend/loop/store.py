@@ -41,8 +41,8 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -346,18 +346,9 @@ class LabelStore:
         """Close this thread's connection (others close when their threads end)."""
         self._connections.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self._configs.clear()  # what the transaction remembered is gone with it
-                raise
-            conn.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        # what a failed transaction remembered of project configs is gone with it
+        return self._connections.transaction(on_rollback=self._configs.clear)
 
     # ---- webhooks
 
