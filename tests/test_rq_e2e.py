@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -92,6 +94,17 @@ def test_a_job_runs_on_an_rq_worker(
         assert predictions_by_task(client, project.id) == per_task
     finally:
         worker.terminate()
-        worker.wait(timeout=30)
-        worker_log.close()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # say where it is stuck (its stacks go to its log), then end it
+            worker.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            worker.kill()
+            worker.wait(timeout=30)
+            raise AssertionError(
+                "the worker did not stop within 30 s of SIGTERM:\n"
+                + (tmp_path / "worker.log").read_text()[-6000:]
+            ) from None
+        finally:
+            worker_log.close()
         stop_backend(backend.process)

@@ -3,13 +3,15 @@
 The worker reads its own configuration (``--config`` or ``$LWC_CONFIG``: the same LLM names as the server's, which
 may point at OpenAI-compatible inference servers), Label Studio from ``$LABEL_STUDIO_URL`` and
 ``$LABEL_STUDIO_API_KEY``, and keeps its score cache and job state in its own model directory. See
-docs/server.md, "Pre-annotating a project".
+docs/server.md, "Pre-annotating a project". ``kill -USR1 <pid>`` prints the stack of each of its threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 from typing import Any
 
 
@@ -37,5 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: the worker creates predictions there")
     if args.config:
         os.environ["LWC_CONFIG"] = args.config
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: where a stuck worker is
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     run_worker(args.redis, burst=args.burst, name=args.name)
     return 0
