@@ -50,7 +50,9 @@ def bbc_texts(per_class: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def client(label_studio: Any) -> LabelStudio:
-    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    # "Retrieve predictions" is synchronous: Label Studio waits for /predict (up to its ML_TIMEOUT_PREDICT,
+    # 100 s), so the SDK call waits longer than the SDK's default 60 s on a slow machine
+    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token, timeout=300)
 
 
 def connect_and_predict(
