@@ -308,7 +308,8 @@ def test_label_studio_down_pauses_the_job_until_it_answers(tmp_path: Path) -> No
     job = store.create(1)
     update = store.update
 
-    def recording_update(job_id: int, **values: Any) -> Any:  # every state the job passes through, not a sample
+    # every state the job passes through, not a sample
+    def recording_update(job_id: int, **values: Any) -> Any:
         if values.get("status") == "paused":
             seen.append(str(values.get("note")))
         return update(job_id, **values)
