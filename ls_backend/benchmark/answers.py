@@ -39,7 +39,8 @@ numpy out; no file I/O.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -211,6 +212,13 @@ class AnswerStudy:
             for k in keys
         }
 
+    def merge(self, part: AnswerStudy) -> None:
+        """Add the results of a study of other views (a worker's part), keeping their order."""
+        self.results.update(part.results)
+        self.repeats.update(part.repeats)
+        self.frontiers.update(part.frontiers)
+        self.notes += part.notes
+
     def mean(self, views: Sequence[str], method: str, labels: int, metric: str) -> float:
         values = [
             self.results[v, method, labels][metric] for v in views if (v, method, labels) in self.results
@@ -265,8 +273,11 @@ def run_answer_study(
     settings: StudySettings = StudySettings(),
     progress: Callable[[str], None] | None = None,
     student_costs: Mapping[str, float] | None = None,
+    n_jobs: int = 1,
 ) -> AnswerStudy:
-    """The answer study over every view of ``table`` (see the module docstring).
+    """The answer study over every view of ``table`` (see the module docstring). With ``n_jobs`` > 1 the views'
+    work with in-task labels runs in that many worker processes: the same numbers, in the same order (each view's
+    draws and fits are seeded by its name and settings).
 
     Args:
         table: the benchmark's scores (costs already set to what the study should count).
@@ -277,7 +288,7 @@ def run_answer_study(
         natural_shares: the share of "yes" of each task's source, for its natural-ratio view.
     """
 
-    with single_threaded_blas():
+    with single_threaded_blas(), _worker_pool(n_jobs) as pool:
         return _run(
             table,
             texts,
@@ -288,14 +299,76 @@ def run_answer_study(
             settings,
             progress,
             student_costs,
+            pool,
         )
+
+
+@contextmanager
+def _worker_pool(n_jobs: int) -> Iterator[Any]:
+    """Spawned worker processes (None for ``n_jobs`` <= 1): not forked, as this process may hold BLAS threads."""
+    if n_jobs <= 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ls_backend.loop.tuning import quiet_optuna
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context, initializer=quiet_optuna) as pool:
+        yield pool
+
+
+@dataclass(frozen=True)
+class _ViewJob:
+    """One view's work with in-task labels, all that a worker process needs: its outputs, the recipes and their
+    corrections, the items' embeddings (None: no anchor, no student) and the student's cost."""
+
+    target: _Target
+    recipes: tuple[Recipe, ...]
+    corrections: tuple[Sequence[BiasCorrection | None], ...]
+    vectors: np.ndarray | None
+    settings: StudySettings
+    student_cost: float | None = None
+
+
+def _with_labels(job: _ViewJob) -> AnswerStudy:
+    """A view's fits on in-task labels for each recipe, and the anchor."""
+    part = AnswerStudy()
+    with single_threaded_blas():
+        for recipe, corrections in zip(job.recipes, job.corrections, strict=True):
+            _in_task(part, job.target, recipe, corrections, job.settings)
+        if job.vectors is not None:
+            t = job.target
+            for n_labels, draws in _draws(t, job.settings):
+                runs = [anchor_outcome(job.vectors, t.labels, fit, rest, t.classes, job.settings.ace_bins)
+                        for fit, rest in draws]  # fmt: skip
+                part.add(t.view.name, ANCHOR, n_labels, runs)
+    return part
+
+
+def _student_part(job: _ViewJob) -> AnswerStudy:
+    """A view's student alone and cascade with the student, with the job's one recipe."""
+    part = AnswerStudy()
+    assert job.vectors is not None and job.student_cost is not None
+    with single_threaded_blas():
+        _with_student(part, job.target, job.recipes[0], job.corrections[0], job.vectors, job.student_cost,
+                      job.settings)  # fmt: skip
+    return part
+
+
+def _each(
+    work: Callable[[_ViewJob], AnswerStudy], jobs: Iterable[_ViewJob], pool: Any
+) -> Iterator[AnswerStudy]:
+    """Each job's part, in job order: here, or in the worker pool."""
+    return map(work, jobs) if pool is None else pool.map(work, jobs, chunksize=1)
 
 
 def _run(
     table: ScoresTable, texts: Mapping[str, str], embed: Callable[[Sequence[str]], np.ndarray],
     content_free: ScoresTable | None, item_embeddings: Mapping[str, np.ndarray] | None,
     natural_shares: Mapping[str, float], settings: StudySettings, progress: Callable[[str], None] | None,
-    student_costs: Mapping[str, float] | None = None,
+    student_costs: Mapping[str, float] | None = None, pool: Any = None,
 ) -> AnswerStudy:  # fmt: skip
     from ls_backend.server.oot import OOTScores
 
@@ -322,27 +395,28 @@ def _run(
             [PAPER, *(Recipe(r.correction, c, r.answer) for r in (chosen, *served) for c in CALIBRATORS)]
         )
     )
-    for view in study.views:
-        target = targets[view.name]
-        for recipe in (r for r in in_task if r in recipes):
-            _in_task(study, target, recipe, corrections[view.name, recipe], settings)
-        if item_embeddings is not None and view.task in item_embeddings:
-            vectors = np.asarray(item_embeddings[view.task])[view.index]
-            for n_labels, draws in _draws(target, settings):
-                runs = [anchor_outcome(vectors, target.labels, fit, rest, target.classes, settings.ace_bins)
-                        for fit, rest in draws]  # fmt: skip
-                study.add(view.name, ANCHOR, n_labels, runs)
+    measured = tuple(r for r in in_task if r in recipes)
+
+    def vectors_of(view: TaskView) -> np.ndarray | None:
+        if item_embeddings is None or view.task not in item_embeddings:
+            return None
+        return np.asarray(item_embeddings[view.task])[view.index]
+
+    jobs = (_ViewJob(targets[v.name], measured, tuple(corrections[v.name, r] for r in measured), vectors_of(v),
+                     settings) for v in study.views)  # fmt: skip
+    for view, part in zip(study.views, _each(_with_labels, jobs, pool), strict=True):
+        study.merge(part)
         if progress is not None:
             progress(f"{view.name} (with labels)")
     # 3: the student as the cascade's member 0, with the served in-task recipe
     if item_embeddings is not None and student_costs is not None:
         calibrator = choose_in_task_calibrator(study, chosen, 50)
         recipe = Recipe(chosen.correction, calibrator, chosen.answer)
-        for view in study.views:
-            if view.task in item_embeddings and view.task in student_costs:
-                vectors = np.asarray(item_embeddings[view.task])[view.index]
-                _with_student(study, targets[view.name], recipe, corrections[view.name, recipe], vectors,
-                              float(student_costs[view.task]), settings)  # fmt: skip
+        jobs = (_ViewJob(targets[v.name], (recipe,), (corrections[v.name, recipe],), vectors_of(v), settings,
+                         float(student_costs[v.task]))
+                for v in study.views if v.task in item_embeddings and v.task in student_costs)  # fmt: skip
+        for part in _each(_student_part, jobs, pool):
+            study.merge(part)
     return study
 
 

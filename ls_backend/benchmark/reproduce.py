@@ -80,9 +80,9 @@ class StageTimes:
 
     def summary(self) -> str:
         rows = [
-            f"  {name:<28} {wall:8.1f} s wall {self.cpu[name]:8.1f} s CPU" for name, wall in self.wall.items()
+            f"  {name:<32} {wall:8.1f} s wall {self.cpu[name]:8.1f} s CPU" for name, wall in self.wall.items()
         ]
-        total = f"  {'total':<28} {sum(self.wall.values()):8.1f} s wall {sum(self.cpu.values()):8.1f} s CPU"
+        total = f"  {'total':<32} {sum(self.wall.values()):8.1f} s wall {sum(self.cpu.values()):8.1f} s CPU"
         return "\n".join(["[time] stages:", *rows, total])
 
 
@@ -197,7 +197,7 @@ def _reproduce(
 
     prompt_study, answer_md, headline = answer_quality(
         table, tasks, scores.parent, embeddings_file, settings, progress, costs_file,
-        student_figures=lambda study: student_figures(study, llms, figures_dir, out), timed=timed,
+        student_figures=lambda study: student_figures(study, llms, figures_dir, out), timed=timed, n_jobs=n_jobs,
     )  # fmt: skip
 
     provenance = None
@@ -209,12 +209,14 @@ def _reproduce(
         if discussion_file.exists()
         else "(docs/benchmark/discussion.md is missing.)"
     )
+    with timed("diagnostics"):
+        diagnostics = binary_diagnostics(table, binary, llms)
     report = Report(
         settings=settings, scores_path=display_path(scores), scores_sha256=file_sha256(scores), command=command,
         table=table, llms=llms, binary=binary, multiclass=multiclass, calib=calib, calib_multi=calib_multi,
         table3=table3, claims=claims, comparisons=comparisons, best_at_max=best_at_max, pooled_aces=pooled,
         noise_floor=floor, answers=answers, figures={}, provenance=provenance, discussion=discussion, notes=notes,
-        diagnostics=binary_diagnostics(table, binary, llms),
+        diagnostics=diagnostics,
         costs_path=display_path(costs_file) if costs_file else None,
         costs_sha256=file_sha256(costs_file) if costs_file else None,
         prompt_study=prompt_study, answer_study_md=answer_md, answer_headline=headline,
@@ -248,27 +250,29 @@ def answer_quality(
     table: ScoresTable, tasks: Path | None, folder: Path, embeddings_file: Path | None, settings: Settings,
     progress: bool, costs_file: Path | None = None,
     student_figures: Callable[[Any], Mapping[str, str]] | None = None, timed: StageTimes | None = None,
+    n_jobs: int = 1,
 ) -> tuple[dict[str, Any] | None, str | None, dict[str, float]]:  # fmt: skip
     """The prompt study beside the scores (read, not run) and the answer study (run on the scores, with the
     content-free scores and item embeddings beside them when they are there), as markdown and headline numbers.
     ``student_figures`` draws the study's student figures and returns their captions and links, for the
-    student's section."""
+    student's section. ``n_jobs`` worker processes run the study's work with labels (the same numbers)."""
     timed = timed or StageTimes(report=False)
     study_path = folder / "prompt_study.json"
     prompt_study = json.loads(study_path.read_text(encoding="utf-8")) if study_path.exists() else None
     if tasks is None:
         return prompt_study, None, {}
     with timed("answer study"):
-        run = run_answers(table, tasks, folder, embeddings_file, settings, progress, costs_file)
+        run = run_answers(table, tasks, folder, embeddings_file, settings, progress, costs_file, n_jobs)
     with timed("figures"):
         links = student_figures(run.study) if student_figures is not None else {}
-    markdown, headline = answer_markdown(run, table.llms, links)
+    with timed("answer study tests and markdown"):
+        markdown, headline = answer_markdown(run, table.llms, links)
     return prompt_study, markdown, headline
 
 
 def run_answers(
     table: ScoresTable, tasks: Path, folder: Path, embeddings_file: Path | None, settings: Settings,
-    progress: bool, costs_file: Path | None,
+    progress: bool, costs_file: Path | None, n_jobs: int = 1,
 ) -> AnswerRun:  # fmt: skip
     """The answer study on the scores, and BC's sample curve."""
     from ls_backend.benchmark.answers import (
@@ -326,7 +330,16 @@ def run_answers(
     costs = json.loads(costs_file.read_text(encoding="utf-8")) if costs_file is not None else {}
     student_costs = costs.get("student", {}).get("tasks")
     study = run_answer_study(
-        table, texts, embed, content_free, item_vectors, NATURAL_SHARES, study_settings, say, student_costs
+        table,
+        texts,
+        embed,
+        content_free,
+        item_vectors,
+        NATURAL_SHARES,
+        study_settings,
+        say,
+        student_costs,
+        n_jobs,
     )
     curve = bc_sample_curve(table, content_free, seed=settings.seed) if content_free is not None else None
     student_from = loop.student_min_labels if loop.student else None
