@@ -201,6 +201,9 @@ class AnswerStudy:
     frontiers: dict[tuple[str, str], list[FrontierRun]] = field(default_factory=dict)
     """(view, method) -> one cost frontier per draw at :data:`FRONTIER_LABELS` labels (balanced binary views; the
     LLM cascade of every in-task recipe and the cascade with the student)."""
+    tunings_cut_short: int = 0
+    """In-task fits whose bin-edge tuning stopped at its time cap before its trials (``tuning_timeout_s``): their
+    numbers depend on the machine's speed."""
 
     def add(self, view: str, method: str, labels: int, values: Sequence[dict[str, float]]) -> None:
         self.repeats[view, method, labels] = list(values)
@@ -218,6 +221,11 @@ class AnswerStudy:
         self.repeats.update(part.repeats)
         self.frontiers.update(part.frontiers)
         self.notes += part.notes
+        self.tunings_cut_short += part.tunings_cut_short
+
+    def count_tuning(self, fitted: InTaskFit, settings: InTaskSettings) -> None:
+        trials = fitted.tuning.get("n_trials", 0)
+        self.tunings_cut_short += int(0 < trials < settings.n_trials)
 
     def mean(self, views: Sequence[str], method: str, labels: int, metric: str) -> float:
         values = [
@@ -513,13 +521,14 @@ def _in_task(
         frontiers = []
         cascade_runs: list[dict[str, float]] = []
         llm_runs: list[list[dict[str, float]]] = [[] for _ in t.llms]
+        fit_settings = InTaskSettings(calibrator=recipe.calibrator,
+                                      cost_weight=0.0 if recipe == PAPER else settings.cost_weight)  # fmt: skip
         for fit, rest in draws:
             fitted = fit_in_task_model(
                 t.llms, t.classes, t.logits[:, fit], t.answers[:, fit], t.labels[fit], t.costs[:, fit],
-                corrections, recipe.answer,
-                InTaskSettings(calibrator=recipe.calibrator,
-                               cost_weight=0.0 if recipe == PAPER else settings.cost_weight),
+                corrections, recipe.answer, fit_settings,
             )  # fmt: skip
+            study.count_tuning(fitted, fit_settings)
             if frontier and n_labels == FRONTIER_LABELS:
                 frontiers.append(frontier_run(fitted, t.labels[fit], t.costs[:, fit], t.logits[:, rest],
                                               t.answers[:, rest], t.costs[:, rest], t.labels[rest]))  # fmt: skip
@@ -564,12 +573,12 @@ def _with_student(
             costs_fit = np.concatenate([np.full((1, fit.size), cost), t.costs[:, fit]])
             costs_rest = np.concatenate([np.full((1, rest.size), cost), t.costs[:, rest]])
             # as the learning loop fits it: the student answers with its own argmax, the LLMs by the recipe's rule
+            fit_settings = InTaskSettings(calibrator=recipe.calibrator, cost_weight=settings.cost_weight)
             fitted = fit_in_task_model(
                 members, t.classes, logits_fit, answers_fit, t.labels[fit], costs_fit, [None, *corrections],
-                ["llm", *([recipe.answer] * len(t.llms))],
-                InTaskSettings(calibrator=recipe.calibrator, cost_weight=settings.cost_weight),
-                student=student,
+                ["llm", *([recipe.answer] * len(t.llms))], fit_settings, student=student,
             )  # fmt: skip
+            study.count_tuning(fitted, fit_settings)
             result = fitted.model.predict(logits_rest, answers_rest, costs_rest)
             if frontier and n_labels == FRONTIER_LABELS:
                 frontiers.append(frontier_run(fitted, t.labels[fit], costs_fit, logits_rest, answers_rest,

@@ -341,6 +341,9 @@ def run_answers(
         student_costs,
         n_jobs,
     )
+    if progress and study.tunings_cut_short:
+        print(f"answer study: warning: {study.tunings_cut_short} in-task tunings stopped at their time cap, so their "
+              "numbers depend on this machine's speed", file=sys.stderr, flush=True)  # fmt: skip
     curve = bc_sample_curve(table, content_free, seed=settings.seed) if content_free is not None else None
     student_from = loop.student_min_labels if loop.student else None
     return AnswerRun(study, study_settings, served, student_from, curve, defaults.bc_min_items)
