@@ -106,21 +106,37 @@ def write_text_embeddings(
         raise ValueError(f"write_text_embeddings: {len(ids)} ids for {len(texts)} texts")
     distinct = sorted(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()), key=text_key)
     vectors = embed_texts(distinct, model)
-    quantized = np.clip(np.rint(vectors * _INT8_SCALE), -127, 127).astype(np.int8)
-    arrays: dict[str, np.ndarray] = {
-        "keys": np.array([text_key(t) for t in distinct], dtype="S16"),
-        "vectors": quantized,
-        "format": np.array(EMBEDDINGS_FORMAT),
-        "model": np.array(Path(resolve_embedding_model(model)).name),
-    }
+    id_rows = None
     if ids is not None:
         row_of = {t: i for i, t in enumerate(distinct)}
-        kept = [(i, t) for i, t in zip(ids, texts, strict=True) if t in row_of]
-        arrays["ids"] = np.array([str(i) for i, _ in kept])
-        arrays["rows"] = np.array([row_of[t] for _, t in kept], dtype=np.int32)
+        id_rows = [(str(i), row_of[t]) for i, t in zip(ids, texts, strict=True) if t in row_of]
+    save_embeddings(
+        path, [text_key(t) for t in distinct], vectors, Path(resolve_embedding_model(model)).name, id_rows
+    )
+    return len(distinct)
+
+
+def save_embeddings(
+    path: str | Path,
+    keys: Sequence[str],
+    vectors: np.ndarray,
+    model: str,
+    id_rows: Sequence[tuple[str, int]] | None = None,
+) -> None:
+    """Save unit ``vectors`` (n, d) under their ``keys`` in the format of :func:`write_text_embeddings` (int8), with
+    ``(id, row of vectors)`` pairs when ``id_rows`` is given."""
+    quantized = np.clip(np.rint(np.asarray(vectors) * _INT8_SCALE), -127, 127).astype(np.int8)
+    arrays: dict[str, np.ndarray] = {
+        "keys": np.array(list(keys), dtype="S16"),
+        "vectors": quantized,
+        "format": np.array(EMBEDDINGS_FORMAT),
+        "model": np.array(model),
+    }
+    if id_rows is not None:
+        arrays["ids"] = np.array([i for i, _ in id_rows])
+        arrays["rows"] = np.array([r for _, r in id_rows], dtype=np.int32)
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
-    return len(distinct)
 
 
 def read_text_embeddings(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -1,5 +1,6 @@
 """Figures of the reproduction report (matplotlib, Agg backend): reliability diagrams, ACE against the number of
-calibration shots, and the cascade's F1/cost frontier.
+calibration shots, the cascade's F1/cost frontier, the learning curves of the student and the cascades, and cost
+frontiers of several cascades side by side.
 
 Each function takes plain arrays or small dataclasses, draws one figure of a size fixed by its number of panels
 (``panel_size`` inches x ``dpi``; no tight bounding box, so the pixel size is predictable) and writes a PNG without
@@ -56,6 +57,36 @@ class FrontierPanel:
     def __post_init__(self) -> None:
         if np.ndim(self.cost) != 1 or np.shape(self.cost) != np.shape(self.f1):
             raise ValueError("FrontierPanel: cost and f1 must be 1-D arrays of the same length")
+
+
+@dataclass(frozen=True)
+class BandCurve:
+    """One method's values across an x axis: the mean and a band (e.g. per-task quartiles) around it."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def __post_init__(self) -> None:
+        sizes = {np.shape(self.x), np.shape(self.mean), np.shape(self.low), np.shape(self.high)}
+        if len(sizes) != 1 or np.ndim(self.x) != 1 or np.size(self.x) == 0:
+            raise ValueError("BandCurve: x, mean, low and high must be 1-D arrays of one non-zero length")
+
+
+@dataclass(frozen=True)
+class LinesPanel:
+    """One panel of :func:`frontier_lines`: curves ``label -> (x, y)`` (drawn in x order) and labeled points
+    ``label -> (x, y)``, with the y axis' name."""
+
+    ylabel: str
+    lines: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    points: Mapping[str, tuple[float, float]]
+
+    def __post_init__(self) -> None:
+        for label, (x, y) in self.lines.items():
+            if np.ndim(x) != 1 or np.shape(x) != np.shape(y):
+                raise ValueError(f"LinesPanel: line {label!r} needs 1-D x and y of the same length")
 
 
 def _pyplot() -> Any:
@@ -235,6 +266,98 @@ def cost_frontier(
         ax.grid(alpha=0.3)
     figure.legend(
         list(handles.values()), list(handles), loc="outside lower center", ncols=3, fontsize=8, frameon=False
+    )
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path, dpi)
+
+
+def learning_curves(
+    accuracy: Mapping[str, BandCurve],
+    llm_calls: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    *,
+    band: str = "25th-75th percentile over tasks",
+    title: str | None = None,
+    panel_size: tuple[float, float] = (4.6, 3.6),
+    dpi: int = 100,
+) -> Path:
+    """Two panels against the number of labels (log scale): each method's mean accuracy with its band (``band``
+    names it in the axis label), and the LLM calls per item of the methods in ``llm_calls`` (label -> (labels,
+    calls)). A method keeps its color and marker in both panels."""
+    _check_panels(accuracy, "learning_curves")
+    order = list(dict.fromkeys([*accuracy, *llm_calls]))
+    figure, (left, right) = _new_figure(2, 2, panel_size)
+    counts: set[int] = set()
+    for label, curve in accuracy.items():
+        k = order.index(label)
+        color = _COLORS[k % len(_COLORS)]
+        left.fill_between(curve.x, curve.low, curve.high, color=color, alpha=0.15, linewidth=0)
+        left.plot(curve.x, curve.mean, marker=_MARKERS[k % len(_MARKERS)], color=color, label=label)
+        counts |= {int(x) for x in curve.x}
+    for label, (x, calls) in llm_calls.items():
+        k = order.index(label)
+        right.plot(x, calls, marker=_MARKERS[k % len(_MARKERS)], color=_COLORS[k % len(_COLORS)], label=label)
+        counts |= {int(v) for v in x}
+    ticks = sorted(counts)
+    for ax, ylabel in (
+        (left, f"accuracy (mean; band: {band})"),
+        (right, "LLM calls per item (mean over tasks)"),
+    ):
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("in-task labels", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    right.set_ylim(bottom=0)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path, dpi)
+
+
+def frontier_lines(
+    panels: Mapping[str, LinesPanel],
+    path: str | Path,
+    *,
+    xlabel: str,
+    log_x: bool = True,
+    title: str | None = None,
+    max_columns: int = 2,
+    panel_size: tuple[float, float] = (4.6, 3.6),
+    dpi: int = 100,
+) -> Path:
+    """Several frontiers per panel (lines) with labeled points, one panel per key of ``panels`` (e.g. per
+    metric), one shared legend below; a label keeps its color and marker across panels."""
+    _check_panels(panels, "frontier_lines")
+    labels: list[str] = []
+    for panel in panels.values():
+        labels += [label for label in [*panel.lines, *panel.points] if label not in labels]
+    n_legend_rows = math.ceil(len(labels) / 2)
+    figure, axes = _new_figure(len(panels), max_columns, panel_size, extra_height=0.25 * n_legend_rows + 0.3)
+    handles: dict[str, Any] = {}
+    for ax, (name, panel) in zip(axes, panels.items(), strict=True):
+        for label, (x, y) in panel.lines.items():
+            k = labels.index(label)
+            order = np.argsort(x, kind="stable")
+            (line,) = ax.plot(np.asarray(x)[order], np.asarray(y)[order], color=_COLORS[k % len(_COLORS)],
+                              marker=".", markersize=3, linewidth=1.3)  # fmt: skip
+            handles.setdefault(label, line)
+        for label, (point_x, point_y) in panel.points.items():
+            k = labels.index(label)
+            handles.setdefault(label, ax.scatter([point_x], [point_y], color=_COLORS[k % len(_COLORS)],
+                                                 marker=_MARKERS[k % len(_MARKERS)], s=40, zorder=3))  # fmt: skip
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(panel.ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+    figure.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=2, fontsize=8, frameon=False
     )
     if title:
         figure.suptitle(title)

@@ -160,6 +160,21 @@ def synthetic_embeddings(
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def synthetic_item_embeddings(
+    labels: np.ndarray, n_classes: int, dim: int = 16, noise: float = 0.6, seed: int = 0
+) -> np.ndarray:
+    """Unit vectors standing in for item embeddings (n, dim): a random unit direction per class plus Gaussian noise
+    of ``noise`` per coordinate (an unlabeled item, label -1, gets noise alone), so that a classifier on them learns
+    the labels from some dozens of examples, as the student does on MiniLM embeddings."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(n_classes, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    labels = np.asarray(labels)
+    x = np.where((labels >= 0)[:, None], directions[np.maximum(labels, 0)], 0.0)
+    x = x + rng.normal(0.0, noise, size=(labels.size, dim))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _per_llm(values: Sequence[float] | None, default: np.ndarray, n_llms: int, name: str) -> np.ndarray:
     if values is None:
         return default

@@ -9,10 +9,14 @@ import pytest
 from ls_backend import metrics
 from ls_backend.plots import (
     AceCurve,
+    BandCurve,
     FrontierPanel,
+    LinesPanel,
     ace_vs_shots,
     cost_frontier,
     expected_size,
+    frontier_lines,
+    learning_curves,
     png_size,
     reliability_diagram,
 )
@@ -83,6 +87,36 @@ def test_cost_frontier(tmp_path: Path) -> None:
     assert png_size(path) == expected_size(6, 4, (3.6, 3.0), 40, extra_height=0.25 * legend_rows + 0.3)
 
 
+def test_learning_curves(tmp_path: Path) -> None:
+    labels = np.array([10, 20, 50, 100, 200])
+    accuracy = {
+        name: BandCurve(
+            labels, base + 0.05 * np.log10(labels), base - 0.05 + 0 * labels, base + 0.2 + 0 * labels
+        )
+        for name, base in (("student", 0.5), ("cascade", 0.7), ("both", 0.72))
+    }
+    calls = {"cascade": (labels, np.full(5, 1.8)), "both": (labels, np.array([1.5, 1.0, 0.4, 0.3, 0.3]))}
+    path = learning_curves(accuracy, calls, tmp_path / "curve.png", dpi=40)
+    assert path.stat().st_size > 5_000
+    assert png_size(path) == expected_size(2, 2, (4.6, 3.6), 40)
+
+
+def test_frontier_lines(tmp_path: Path) -> None:
+    cost = np.array([0.01, 0.1, 0.3, 1.0])
+    panels = {
+        metric: LinesPanel(metric, {"with": (cost, np.array([0.6, 0.7, 0.8, 0.82])),
+                                    "without": (cost[1:], np.array([0.5, 0.7, 0.8]))},
+                           {"student": (0.01, 0.6), "served": (0.3, 0.79)})
+        for metric in ("F1", "accuracy")
+    }  # fmt: skip
+    path = frontier_lines(panels, tmp_path / "lines.png", xlabel="cost", dpi=40)
+    assert path.stat().st_size > 5_000
+    legend_rows = math.ceil(4 / 2)  # 2 lines + 2 points, 2 per row
+    assert png_size(path) == expected_size(2, 2, (4.6, 3.6), 40, extra_height=0.25 * legend_rows + 0.3)
+    with pytest.raises(ValueError, match="same length"):
+        LinesPanel("F1", {"bad": (cost, cost[:2])}, {})
+
+
 def test_bad_inputs_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one panel"):
         reliability_diagram({}, tmp_path / "x.png")
@@ -94,6 +128,8 @@ def test_bad_inputs_are_rejected(tmp_path: Path) -> None:
         FrontierPanel(np.zeros(3), np.zeros(2), {})
     with pytest.raises(ValueError, match="one non-zero length"):
         AceCurve(np.array([10, 20]), np.zeros(2), np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match="one non-zero length"):
+        BandCurve(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
     with pytest.raises(ValueError, match="not a PNG"):
         (tmp_path / "text.png").write_text("hello")
         png_size(tmp_path / "text.png")

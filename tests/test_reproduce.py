@@ -77,7 +77,8 @@ def test_report_is_byte_identical_across_runs_entry_points_and_worker_counts(inp
     text = out.read_text(encoding="utf-8")
     figure_dir = inputs["folder"] / "figures"
     figures = sorted(p.name for p in figure_dir.iterdir())
-    assert figures == ["ace_vs_shots.png", "cost_frontier.png", "reliability.png"]
+    assert figures == ["ace_vs_shots.png", "cost_frontier.png", "cost_frontier_student.png", "learning_curve.png",
+                       "reliability.png"]  # fmt: skip
     pngs = {name: (figure_dir / name).read_bytes() for name in figures}
     out.unlink()
     # lwc reproduce is the same command; the same numbers whatever the number of worker processes
@@ -105,6 +106,11 @@ def test_report_is_byte_identical_across_runs_entry_points_and_worker_counts(inp
     assert "within half of weighted majority vote's cost reaches a mean test F1 of 0." in text
     assert "### The served cascade against the paper's method, each LLM and the supervised anchor" in text
     assert text.count("- **Answers ") == 2  # before any label and with 50 labels
+    # the student's section links its two figures and says what the student buys within half the cascade's cost
+    student = text[text.index("### The student: ") : text.index("### How many items batch calibration needs")]
+    for figure in ("learning_curve.png", "cost_frontier_student.png"):
+        assert f"](figures/{figure})" in student and text.count(f"](figures/{figure})") == 1
+    assert "With 50 labels, within half of the LLM cascade's cost (0." in student
 
 
 @pytest.mark.parametrize(

@@ -26,13 +26,21 @@ to that share (:func:`natural_view`). A correction that forces balanced answers 
 hurts there; :func:`selection_score` weighs both (balanced accuracy, natural macro-F1).
 
 Metrics per (view, method, labels): accuracy, F1 (binary: of "yes"; multi-class: macro), ACE of the served score,
-cost per item (the costs in the table) and how many LLMs were asked on average. Numpy in, numpy out; no file I/O.
+cost per item (the costs in the table) and how many LLMs were asked on average.
+
+**Cost frontiers** (:class:`FrontierRun`): at :data:`FRONTIER_LABELS` labels, on the balanced binary tasks, each
+draw's fit of the LLM cascade and of the cascade with the student also gets its exact accuracy/cost frontier
+(:func:`ls_backend.ensemble.frontier.cost_frontier` on the fit items, with the fit's calibrated answers, scores, bin
+edges and costs: no further tuning), every frontier policy measured on the held-out items as the served one is.
+:func:`learning_curve` and :func:`student_frontier` are what the reproduction's two student figures draw. Numpy in,
+numpy out; no file I/O.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,7 +49,7 @@ import numpy as np
 from ls_backend import metrics
 from ls_backend.calibration import BiasCorrection, Calibrator, corrected, single_threaded_blas
 from ls_backend.ensemble.classification import precision_recall_f1
-from ls_backend.loop.fitting import InTaskSettings, fit_correction, fit_in_task_model
+from ls_backend.loop.fitting import InTaskFit, InTaskSettings, fit_correction, fit_in_task_model
 from ls_backend.loop.model import ServingModel, answers_and_scores
 from ls_backend.scores import ScoresTable, TaskScores
 
@@ -53,6 +61,12 @@ ANCHOR = "anchor"
 CASCADE = "cascade"
 STUDENT = "student"
 WITH_STUDENT = "cascade+student"
+FRONTIER_LABELS = 50
+"""The label count at which the cascades' cost frontiers are traced: the student's table shows the cascade with the
+student well past the student alone there, while the student already answers most items."""
+FRONTIER_BUDGETS = np.geomspace(1e-3, 1.1, 96)
+"""The budgets of the frontier figure, as shares of the cost of asking every LLM (log-spaced: the student's
+policies cost a few hundredths of it)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,12 @@ class AnswerStudy:
     results: dict[tuple[str, str, int], dict[str, float]] = field(default_factory=dict)
     repeats: dict[tuple[str, str, int], list[dict[str, float]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    frontiers: dict[tuple[str, str], list[FrontierRun]] = field(default_factory=dict)
+    """(view, method) -> one cost frontier per draw at :data:`FRONTIER_LABELS` labels (balanced binary views; the
+    LLM cascade of every in-task recipe and the cascade with the student)."""
+    tunings_cut_short: int = 0
+    """In-task fits whose bin-edge tuning stopped at its time cap before its trials (``tuning_timeout_s``): their
+    numbers depend on the machine's speed."""
 
     def add(self, view: str, method: str, labels: int, values: Sequence[dict[str, float]]) -> None:
         self.repeats[view, method, labels] = list(values)
@@ -194,6 +214,18 @@ class AnswerStudy:
             else float("nan")
             for k in keys
         }
+
+    def merge(self, part: AnswerStudy) -> None:
+        """Add the results of a study of other views (a worker's part), keeping their order."""
+        self.results.update(part.results)
+        self.repeats.update(part.repeats)
+        self.frontiers.update(part.frontiers)
+        self.notes += part.notes
+        self.tunings_cut_short += part.tunings_cut_short
+
+    def count_tuning(self, fitted: InTaskFit, settings: InTaskSettings) -> None:
+        trials = fitted.tuning.get("n_trials", 0)
+        self.tunings_cut_short += int(0 < trials < settings.n_trials)
 
     def mean(self, views: Sequence[str], method: str, labels: int, metric: str) -> float:
         values = [
@@ -249,8 +281,11 @@ def run_answer_study(
     settings: StudySettings = StudySettings(),
     progress: Callable[[str], None] | None = None,
     student_costs: Mapping[str, float] | None = None,
+    n_jobs: int = 1,
 ) -> AnswerStudy:
-    """The answer study over every view of ``table`` (see the module docstring).
+    """The answer study over every view of ``table`` (see the module docstring). With ``n_jobs`` > 1 the views'
+    work with in-task labels runs in that many worker processes: the same numbers, in the same order (each view's
+    draws and fits are seeded by its name and settings).
 
     Args:
         table: the benchmark's scores (costs already set to what the study should count).
@@ -261,7 +296,7 @@ def run_answer_study(
         natural_shares: the share of "yes" of each task's source, for its natural-ratio view.
     """
 
-    with single_threaded_blas():
+    with single_threaded_blas(), _worker_pool(n_jobs) as pool:
         return _run(
             table,
             texts,
@@ -272,14 +307,76 @@ def run_answer_study(
             settings,
             progress,
             student_costs,
+            pool,
         )
+
+
+@contextmanager
+def _worker_pool(n_jobs: int) -> Iterator[Any]:
+    """Spawned worker processes (None for ``n_jobs`` <= 1): not forked, as this process may hold BLAS threads."""
+    if n_jobs <= 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ls_backend.loop.tuning import quiet_optuna
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context, initializer=quiet_optuna) as pool:
+        yield pool
+
+
+@dataclass(frozen=True)
+class _ViewJob:
+    """One view's work with in-task labels, all that a worker process needs: its outputs, the recipes and their
+    corrections, the items' embeddings (None: no anchor, no student) and the student's cost."""
+
+    target: _Target
+    recipes: tuple[Recipe, ...]
+    corrections: tuple[Sequence[BiasCorrection | None], ...]
+    vectors: np.ndarray | None
+    settings: StudySettings
+    student_cost: float | None = None
+
+
+def _with_labels(job: _ViewJob) -> AnswerStudy:
+    """A view's fits on in-task labels for each recipe, and the anchor."""
+    part = AnswerStudy()
+    with single_threaded_blas():
+        for recipe, corrections in zip(job.recipes, job.corrections, strict=True):
+            _in_task(part, job.target, recipe, corrections, job.settings)
+        if job.vectors is not None:
+            t = job.target
+            for n_labels, draws in _draws(t, job.settings):
+                runs = [anchor_outcome(job.vectors, t.labels, fit, rest, t.classes, job.settings.ace_bins)
+                        for fit, rest in draws]  # fmt: skip
+                part.add(t.view.name, ANCHOR, n_labels, runs)
+    return part
+
+
+def _student_part(job: _ViewJob) -> AnswerStudy:
+    """A view's student alone and cascade with the student, with the job's one recipe."""
+    part = AnswerStudy()
+    assert job.vectors is not None and job.student_cost is not None
+    with single_threaded_blas():
+        _with_student(part, job.target, job.recipes[0], job.corrections[0], job.vectors, job.student_cost,
+                      job.settings)  # fmt: skip
+    return part
+
+
+def _each(
+    work: Callable[[_ViewJob], AnswerStudy], jobs: Iterable[_ViewJob], pool: Any
+) -> Iterator[AnswerStudy]:
+    """Each job's part, in job order: here, or in the worker pool."""
+    return map(work, jobs) if pool is None else pool.map(work, jobs, chunksize=1)
 
 
 def _run(
     table: ScoresTable, texts: Mapping[str, str], embed: Callable[[Sequence[str]], np.ndarray],
     content_free: ScoresTable | None, item_embeddings: Mapping[str, np.ndarray] | None,
     natural_shares: Mapping[str, float], settings: StudySettings, progress: Callable[[str], None] | None,
-    student_costs: Mapping[str, float] | None = None,
+    student_costs: Mapping[str, float] | None = None, pool: Any = None,
 ) -> AnswerStudy:  # fmt: skip
     from ls_backend.server.oot import OOTScores
 
@@ -306,27 +403,28 @@ def _run(
             [PAPER, *(Recipe(r.correction, c, r.answer) for r in (chosen, *served) for c in CALIBRATORS)]
         )
     )
-    for view in study.views:
-        target = targets[view.name]
-        for recipe in (r for r in in_task if r in recipes):
-            _in_task(study, target, recipe, corrections[view.name, recipe], settings)
-        if item_embeddings is not None and view.task in item_embeddings:
-            vectors = np.asarray(item_embeddings[view.task])[view.index]
-            for n_labels, draws in _draws(target, settings):
-                runs = [anchor_outcome(vectors, target.labels, fit, rest, target.classes, settings.ace_bins)
-                        for fit, rest in draws]  # fmt: skip
-                study.add(view.name, ANCHOR, n_labels, runs)
+    measured = tuple(r for r in in_task if r in recipes)
+
+    def vectors_of(view: TaskView) -> np.ndarray | None:
+        if item_embeddings is None or view.task not in item_embeddings:
+            return None
+        return np.asarray(item_embeddings[view.task])[view.index]
+
+    jobs = (_ViewJob(targets[v.name], measured, tuple(corrections[v.name, r] for r in measured), vectors_of(v),
+                     settings) for v in study.views)  # fmt: skip
+    for view, part in zip(study.views, _each(_with_labels, jobs, pool), strict=True):
+        study.merge(part)
         if progress is not None:
             progress(f"{view.name} (with labels)")
     # 3: the student as the cascade's member 0, with the served in-task recipe
     if item_embeddings is not None and student_costs is not None:
         calibrator = choose_in_task_calibrator(study, chosen, 50)
         recipe = Recipe(chosen.correction, calibrator, chosen.answer)
-        for view in study.views:
-            if view.task in item_embeddings and view.task in student_costs:
-                vectors = np.asarray(item_embeddings[view.task])[view.index]
-                _with_student(study, targets[view.name], recipe, corrections[view.name, recipe], vectors,
-                              float(student_costs[view.task]), settings)  # fmt: skip
+        jobs = (_ViewJob(targets[v.name], (recipe,), (corrections[v.name, recipe],), vectors_of(v), settings,
+                         float(student_costs[v.task]))
+                for v in study.views if v.task in item_embeddings and v.task in student_costs)  # fmt: skip
+        for part in _each(_student_part, jobs, pool):
+            study.merge(part)
     return study
 
 
@@ -407,22 +505,33 @@ def _draws(target: _Target, settings: StudySettings) -> list[tuple[int, list[tup
     return out
 
 
+def _traces_frontier(view: TaskView) -> bool:
+    return view.variant == "balanced" and view.binary
+
+
 def _in_task(
     study: AnswerStudy, target: _Target, recipe: Recipe, corrections: Sequence[BiasCorrection | None],
     settings: StudySettings,
 ) -> None:  # fmt: skip
-    """The learning loop's fit on k in-task labels, measured on the other items: the cascade and each LLM."""
+    """The learning loop's fit on k in-task labels, measured on the other items: the cascade and each LLM; and the
+    cascade's cost frontier of each draw at :data:`FRONTIER_LABELS` labels on a balanced binary view."""
     t = target
+    frontier = _traces_frontier(t.view)
     for n_labels, draws in _draws(target, settings):
+        frontiers = []
         cascade_runs: list[dict[str, float]] = []
         llm_runs: list[list[dict[str, float]]] = [[] for _ in t.llms]
+        fit_settings = InTaskSettings(calibrator=recipe.calibrator,
+                                      cost_weight=0.0 if recipe == PAPER else settings.cost_weight)  # fmt: skip
         for fit, rest in draws:
             fitted = fit_in_task_model(
                 t.llms, t.classes, t.logits[:, fit], t.answers[:, fit], t.labels[fit], t.costs[:, fit],
-                corrections, recipe.answer,
-                InTaskSettings(calibrator=recipe.calibrator,
-                               cost_weight=0.0 if recipe == PAPER else settings.cost_weight),
+                corrections, recipe.answer, fit_settings,
             )  # fmt: skip
+            study.count_tuning(fitted, fit_settings)
+            if frontier and n_labels == FRONTIER_LABELS:
+                frontiers.append(frontier_run(fitted, t.labels[fit], t.costs[:, fit], t.logits[:, rest],
+                                              t.answers[:, rest], t.costs[:, rest], t.labels[rest]))  # fmt: skip
             result = fitted.model.predict(t.logits[:, rest], t.answers[:, rest], t.costs[:, rest])
             cascade_runs.append(outcome(result.predictions, result.scores, t.labels[rest], t.classes,
                                         result.costs, result.depth, settings.ace_bins))  # fmt: skip
@@ -434,6 +543,8 @@ def _in_task(
         study.add(t.view.name, f"{CASCADE}:{recipe.name}", n_labels, cascade_runs)
         for k, llm in enumerate(t.llms):
             study.add(t.view.name, f"{llm}:{recipe.name}", n_labels, llm_runs[k])
+        if frontiers:
+            study.frontiers[t.view.name, f"{CASCADE}:{recipe.name}"] = frontiers
 
 
 def _with_student(
@@ -447,8 +558,9 @@ def _with_student(
 
     t = target
     members = (NAME, *t.llms)
+    frontier = _traces_frontier(t.view)
     for n_labels, draws in _draws(target, settings):
-        alone, together = [], []
+        alone, together, frontiers = [], [], []
         for fit, rest in draws:
             if np.unique(t.labels[fit]).size < 2:
                 continue
@@ -461,13 +573,16 @@ def _with_student(
             costs_fit = np.concatenate([np.full((1, fit.size), cost), t.costs[:, fit]])
             costs_rest = np.concatenate([np.full((1, rest.size), cost), t.costs[:, rest]])
             # as the learning loop fits it: the student answers with its own argmax, the LLMs by the recipe's rule
+            fit_settings = InTaskSettings(calibrator=recipe.calibrator, cost_weight=settings.cost_weight)
             fitted = fit_in_task_model(
                 members, t.classes, logits_fit, answers_fit, t.labels[fit], costs_fit, [None, *corrections],
-                ["llm", *([recipe.answer] * len(t.llms))],
-                InTaskSettings(calibrator=recipe.calibrator, cost_weight=settings.cost_weight),
-                student=student,
+                ["llm", *([recipe.answer] * len(t.llms))], fit_settings, student=student,
             )  # fmt: skip
+            study.count_tuning(fitted, fit_settings)
             result = fitted.model.predict(logits_rest, answers_rest, costs_rest)
+            if frontier and n_labels == FRONTIER_LABELS:
+                frontiers.append(frontier_run(fitted, t.labels[fit], costs_fit, logits_rest, answers_rest,
+                                              costs_rest, t.labels[rest]))  # fmt: skip
             together.append(outcome(result.predictions, result.scores, t.labels[rest], t.classes, result.costs,
                                     result.depth, settings.ace_bins))  # fmt: skip
             probs = student.predict_proba(vectors[rest])
@@ -476,6 +591,8 @@ def _with_student(
         if together:
             study.add(t.view.name, f"{WITH_STUDENT}:{recipe.name}", n_labels, together)
             study.add(t.view.name, STUDENT, n_labels, alone)
+        if frontiers:
+            study.frontiers[t.view.name, f"{WITH_STUDENT}:{recipe.name}"] = frontiers
 
 
 def anchor_outcome(
@@ -520,6 +637,98 @@ def with_costs(table: ScoresTable, seconds: Mapping[str, Mapping[str, float]]) -
         costs = np.stack([np.full(task.n_items, float(seconds[llm][task.name])) for llm in task.llms])
         tasks[task.name] = replace(task, costs=costs)
     return ScoresTable(tasks)
+
+
+# ------------------------------------------------------------------------------------------------ cost frontiers
+
+
+@dataclass(frozen=True)
+class FrontierRun:
+    """One draw's cost frontier, cheapest policy first. On the fit items: each policy's cost per item as a share
+    of asking every LLM there, and its accuracy (what the frontier trades, both rising). On the held-out items: its
+    cost per item, F1 (of "yes") and accuracy, and ``every_llm``, the cost per item of asking every LLM."""
+
+    train_cost: np.ndarray
+    train_accuracy: np.ndarray
+    test_cost: np.ndarray
+    test_f1: np.ndarray
+    test_accuracy: np.ndarray
+    every_llm: float
+
+
+def frontier_run(
+    fitted: InTaskFit, labels_fit: np.ndarray, costs_fit: np.ndarray, logits_rest: np.ndarray,
+    answers_rest: np.ndarray, costs_rest: np.ndarray, labels_rest: np.ndarray,
+) -> FrontierRun:  # fmt: skip
+    """The frontier of a fitted cascade: the policies of :func:`ls_backend.ensemble.frontier.cost_frontier` trained
+    on the fit's own answers, scores, bin edges and costs (no tuning), each served in place of the fitted policy on
+    the held-out items. A student (member 0) counts in the cost spent, not in the cost of asking every LLM."""
+    from ls_backend.ensemble.frontier import cost_frontier
+
+    model = fitted.model
+    points = cost_frontier(fitted.answers, fitted.scores, labels_fit, fitted.edges, costs_fit,
+                           n_classes=len(model.classes), llms=model.llms, classes=model.classes)  # fmt: skip
+    llm_rows = slice(1, None) if model.student is not None else slice(None)
+    every_fit = float(np.asarray(costs_fit)[llm_rows].sum(axis=0).mean())
+    measured = []
+    for point in points:
+        served = ServingModel(model.llms, model.classes, model.calibrators, point.policy, model.answer,
+                              model.student)  # fmt: skip
+        result = served.predict(logits_rest, answers_rest, costs_rest)
+        measured.append(outcome(result.predictions, result.scores, labels_rest, model.classes, result.costs,
+                                result.depth))  # fmt: skip
+    return FrontierRun(
+        train_cost=np.array([p.cost_per_item for p in points]) / every_fit,
+        train_accuracy=np.array([p.accuracy for p in points]),
+        test_cost=np.array([m["cost"] for m in measured]),
+        test_f1=np.array([m["f1"] for m in measured]),
+        test_accuracy=np.array([m["accuracy"] for m in measured]),
+        every_llm=float(np.asarray(costs_rest)[llm_rows].sum(axis=0).mean()),
+    )
+
+
+@dataclass(frozen=True)
+class FrontierCurve:
+    """Per budget (a share of the cost of asking every LLM, on the fit items): the held-out cost relative to asking
+    every LLM, F1 and accuracy of the policies picked within it, and their fit-item cost share and accuracy."""
+
+    budgets: np.ndarray
+    relative_cost: np.ndarray
+    f1: np.ndarray
+    accuracy: np.ndarray
+    train_cost: np.ndarray
+    train_accuracy: np.ndarray
+
+
+def frontier_picks(runs_by_view: Mapping[str, Sequence[FrontierRun]], budgets: np.ndarray) -> FrontierCurve:
+    """Each draw picks, per budget, its most accurate frontier policy whose fit-item cost is within the budget (its
+    cheapest policy when none is); per budget, the mean over views of each view's mean over draws, the cost as the
+    ratio of the mean cost to the mean cost of asking every LLM (as :func:`cost_ratio` reads the study's tables)."""
+    budgets = np.asarray(budgets, dtype=np.float64)
+    fields = ("test_cost", "test_f1", "test_accuracy", "train_cost", "train_accuracy")
+    per_view: dict[str, list[np.ndarray]] = {f: [] for f in (*fields, "every_llm")}
+    for runs in runs_by_view.values():
+        if not runs:
+            continue
+        # the tolerance keeps a policy whose cost equals the budget up to rounding
+        picks = [
+            np.maximum(np.searchsorted(r.train_cost, budgets * (1 + 1e-9), side="right") - 1, 0) for r in runs
+        ]
+        for f in fields:
+            per_view[f].append(np.mean([getattr(r, f)[i] for r, i in zip(runs, picks, strict=True)], axis=0))
+        per_view["every_llm"].append(np.array(np.mean([r.every_llm for r in runs])))
+    if not per_view["test_cost"]:
+        raise ValueError("frontier_picks: no frontier to pick from")
+    mean = {f: np.mean(values, axis=0) for f, values in per_view.items()}
+    every = float(mean["every_llm"])
+    return FrontierCurve(
+        budgets=budgets,
+        relative_cost=mean["test_cost"] / every if every > 0 else np.full(budgets.size, np.nan),
+        f1=mean["test_f1"],
+        accuracy=mean["test_accuracy"],
+        train_cost=mean["train_cost"],
+        train_accuracy=mean["train_accuracy"],
+    )
 
 
 # ------------------------------------------------------------------------------------------------ choices
@@ -808,19 +1017,29 @@ def bc_curve_markdown(
     return markdown_table(header, rows)
 
 
-def student_markdown(
-    study: AnswerStudy, llms: Sequence[str], settings: StudySettings
-) -> tuple[str, dict[str, float]]:
-    """The student alone, the LLM cascade and the cascade with the student, per label count (balanced binary,
-    natural-ratio and multi-class tasks), with paired tests over the balanced binary tasks; and headline numbers."""
-    from ls_backend.markdown import fmt, markdown_table, pval
-
+def _student_methods(study: AnswerStudy) -> tuple[str, str, str] | None:
+    """The cascade with the student, the LLM cascade of the same recipe, and that recipe's name; None when the
+    study has no student."""
     methods = sorted({m for _, m, _ in study.results if m.startswith(f"{WITH_STUDENT}:")})
     if not methods:
+        return None
+    recipe = methods[0].split(":", 1)[1]
+    return methods[0], f"{CASCADE}:{recipe}", recipe
+
+
+def student_markdown(
+    study: AnswerStudy, llms: Sequence[str], settings: StudySettings, figures: Mapping[str, str] | None = None
+) -> tuple[str, dict[str, float]]:
+    """The student alone, the LLM cascade and the cascade with the student, per label count (balanced binary,
+    natural-ratio and multi-class tasks), with paired tests over the balanced binary tasks, what the cascade with
+    the student reaches within half of the LLM cascade's cost, and the ``figures`` (caption -> link); and headline
+    numbers."""
+    from ls_backend.markdown import fmt, markdown_table, pval
+
+    named = _student_methods(study)
+    if named is None:
         return "", {}
-    together = methods[0]
-    recipe = together.split(":", 1)[1]
-    cascade = f"{CASCADE}:{recipe}"
+    together, cascade, recipe = named
     balanced, natural, multi = (view_names(study, f) for f in ("balanced", "natural", "multiclass"))
     rows, tests = [], []
     headline: dict[str, float] = {}
@@ -882,4 +1101,114 @@ def student_markdown(
             [True, False, True, True, True, True, True],
         ),
     ]
+    frontier = student_frontier(study, llms)
+    if frontier is not None and frontier.half is not None:
+        half = frontier.half
+        cascade_cost, cascade_f1, cascade_accuracy = frontier.points["LLM cascade (served)"]
+        headline |= {"half_cost_f1": float(half.f1[0]), "half_cost_accuracy": float(half.accuracy[0]),
+                     "half_cost_relative_cost": float(half.relative_cost[0])}  # fmt: skip
+        out += [
+            "",
+            f"With {frontier.labels} labels, within half of the LLM cascade's cost ({fmt(cascade_cost, 2)} of asking "
+            f"all {len(llms)} LLMs: a budget of {fmt(float(half.budgets[0]), 3)} on each draw's fit items), the "
+            "frontier of the cascade with the student (each task and draw's most accurate policy within the budget) "
+            f"reaches a mean F1 (yes) of {fmt(float(half.f1[0]), 3)} and an accuracy of "
+            f"{fmt(float(half.accuracy[0]), 3)} on the held-out items at a cost of {fmt(float(half.relative_cost[0]), 2)}, "
+            f"against the LLM cascade's {fmt(cascade_f1, 3)} and {fmt(cascade_accuracy, 3)} at {fmt(cascade_cost, 2)} "
+            "(balanced binary tasks).",
+        ]
+    for caption, link in (figures or {}).items():
+        out += ["", f"**{caption}**", "", f"![{caption}]({link})"]
     return "\n".join(out).rstrip() + "\n", headline
+
+
+@dataclass(frozen=True)
+class LearningCurve:
+    """Against the label counts: each method's accuracy over the balanced binary tasks (rows: the mean, the 25th and
+    the 75th percentile of the tasks' means over draws) and the LLM calls per item of the two cascades."""
+
+    labels: np.ndarray
+    accuracy: dict[str, np.ndarray]
+    llm_calls: dict[str, np.ndarray]
+
+
+def learning_curve(study: AnswerStudy) -> LearningCurve | None:
+    """The student alone, the LLM cascade and the cascade with the student at every label count where all three
+    were measured; the LLM calls per item are the LLM cascade's depth and the cascade with the student's depth less
+    its student (asked about every item). None when the study has no student."""
+    named = _student_methods(study)
+    if named is None:
+        return None
+    together, cascade, _ = named
+    balanced = view_names(study, "balanced")
+    methods = {"student alone": STUDENT, "LLM cascade": cascade, "cascade with the student": together}
+
+    def measured(method: str, n: int) -> np.ndarray:
+        return np.array(
+            [study.results[v, method, n]["accuracy"] for v in balanced if (v, method, n) in study.results]
+        )
+
+    counts = [n for n in sorted({n for _, m, n in study.results if m == together})
+              if all(measured(m, n).size for m in methods.values())]  # fmt: skip
+    if not counts:
+        return None
+    accuracy = {
+        label: np.array([[values.mean(), *np.percentile(values, [25, 75])]
+                         for values in (measured(m, n) for n in counts)]).T
+        for label, m in methods.items()
+    }  # fmt: skip
+    depth = {m: np.array([study.mean(balanced, m, n, "depth") for n in counts]) for m in (cascade, together)}
+    return LearningCurve(
+        labels=np.array(counts),
+        accuracy=accuracy,
+        llm_calls={"LLM cascade": depth[cascade], "cascade with the student": depth[together] - 1.0},
+    )
+
+
+@dataclass(frozen=True)
+class StudentFrontier:
+    """At ``labels`` labels on the balanced binary tasks: the frontiers (budget picks) of the LLM cascade and of the
+    cascade with the student, the points ``label -> (relative cost, F1, accuracy)`` of the student alone, each LLM
+    alone and the served configurations (the study's table values), and ``half``: the cascade with the student's
+    picks within half of the served LLM cascade's relative cost (one budget; None without that cost)."""
+
+    labels: int
+    curves: dict[str, FrontierCurve]
+    points: dict[str, tuple[float, float, float]]
+    half: FrontierCurve | None
+
+
+def student_frontier(
+    study: AnswerStudy, llms: Sequence[str], budgets: np.ndarray = FRONTIER_BUDGETS
+) -> StudentFrontier | None:
+    """The frontier figure's data (see :class:`StudentFrontier`); None when either frontier is missing."""
+    named = _student_methods(study)
+    if named is None:
+        return None
+    together, cascade, recipe = named
+    n = FRONTIER_LABELS
+    by_method = {
+        method: {v: study.frontiers[v, method] for v in view_names(study, "balanced") if (v, method) in study.frontiers}
+        for method in (cascade, together)
+    }  # fmt: skip
+    if not all(by_method.values()):
+        return None
+    curves = {
+        "LLM cascade frontier": frontier_picks(by_method[cascade], budgets),
+        "cascade with the student frontier": frontier_picks(by_method[together], budgets),
+    }
+    balanced = view_names(study, "balanced")
+    every = sum(study.mean(balanced, f"{llm}:{recipe}", n, "cost") for llm in llms)
+    points = {}
+    for label, method in (("student alone", STUDENT), *((f"{llm} alone", f"{llm}:{recipe}") for llm in llms),
+                          ("LLM cascade (served)", cascade), ("cascade with the student (served)", together)):  # fmt: skip
+        if any((v, method, n) in study.results for v in balanced):
+            points[label] = (study.mean(balanced, method, n, "cost") / every, study.mean(balanced, method, n, "f1"),
+                             study.mean(balanced, method, n, "accuracy"))  # fmt: skip
+    served_cost = points.get("LLM cascade (served)", (float("nan"),))[0]
+    half = (
+        frontier_picks(by_method[together], np.array([0.5 * served_cost]))
+        if np.isfinite(served_cost)
+        else None
+    )
+    return StudentFrontier(n, curves, points, half)

@@ -1,10 +1,12 @@
 """The report's figures: pooled reliability diagrams, ACE against shots, and F1 against cost (the calibrated
-cascade's cost-aware frontier and the fixed policies)."""
+cascade's cost-aware frontier and the fixed policies); and the answer study's two student figures (learning curves,
+and the cost frontiers with and without the student), linked from the student's section."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,11 @@ from ls_backend.benchmark.table3 import frontier_pick
 from ls_backend.experiments import UNCALIBRATED, Scenario
 
 if TYPE_CHECKING:
+    from ls_backend.benchmark.answers import AnswerStudy
     from ls_backend.benchmark.report import Report
+
+LEARNING_CURVE_FILE = "learning_curve.png"
+STUDENT_FRONTIER_FILE = "cost_frontier_student.png"
 
 
 def make_figures(report: Report, figures_dir: Path, out_path: Path, curves: Any) -> dict[str, str]:
@@ -118,3 +124,44 @@ def frontier_panels_of(report: Report) -> dict[str, Any]:
         )
     panels.update(per_task)
     return panels
+
+
+def student_figures(
+    study: AnswerStudy, llms: Sequence[str], figures_dir: Path, out_path: Path
+) -> dict[str, str]:
+    """Writes the learning curves and the cost frontiers with the student (those there is data for) into
+    ``figures_dir``; returns each caption with its link relative to the report ``out_path``."""
+    from ls_backend import plots
+    from ls_backend.benchmark.answers import learning_curve, student_frontier, view_names
+
+    n_tasks = len(view_names(study, "balanced"))
+    written: dict[str, Path] = {}
+    curve = learning_curve(study)
+    if curve is not None:
+        accuracy = {label: plots.BandCurve(curve.labels, rows[0], rows[1], rows[2])
+                    for label, rows in curve.accuracy.items()}  # fmt: skip
+        calls = {label: (curve.labels, values) for label, values in curve.llm_calls.items()}
+        written[f"Learning curves ({n_tasks} balanced binary tasks): accuracy of the student alone, the LLM cascade "
+                "and the cascade with the student (mean; band = per-task 25th-75th percentile), and LLM calls per "
+                "item, against in-task labels"] = plots.learning_curves(
+            accuracy, calls, figures_dir / LEARNING_CURVE_FILE, band="per-task 25th-75th percentile")  # fmt: skip
+    frontier = student_frontier(study, llms)
+    if frontier is not None:
+        panels = {
+            title: plots.LinesPanel(
+                metric,
+                {label: (c.relative_cost, getattr(c, field)) for label, c in frontier.curves.items()},
+                {label: (cost, point[k]) for label, (cost, *point) in frontier.points.items()},
+            )
+            for title, metric, field, k in (("F1 (yes)", "F1 of yes (mean over tasks)", "f1", 0),
+                                            ("accuracy", "accuracy (mean over tasks)", "accuracy", 1))
+        }  # fmt: skip
+        written[f"F1 and accuracy against cost with {frontier.labels} in-task labels ({n_tasks} balanced binary "
+                "tasks): the cost frontiers of the LLM cascade and of the cascade with the student (budget picks per "
+                f"task and draw, held-out means), cost relative to asking all {len(llms)} LLMs as in the table; "
+                "points: the student, each LLM and the served configurations"] = plots.frontier_lines(
+            panels, figures_dir / STUDENT_FRONTIER_FILE, xlabel=f"cost / asking all {len(llms)} LLMs (log scale)")  # fmt: skip
+    return {
+        caption: os.path.relpath(path, out_path.parent).replace(os.sep, "/")
+        for caption, path in written.items()
+    }

@@ -112,15 +112,23 @@ def read_answer_inputs(folder: Path) -> AnswerInputs:
     return AnswerInputs(table, texts, content_free, vectors, dict(student) if student else None, embed)
 
 
+SYNTHETIC_STUDENT_SECONDS = 0.01
+"""The synthetic student's seconds per item: about what embedding a text costs beside the LLMs' tenths of seconds."""
+
+
 def write_synthetic(folder: Path, n_items: int = 500, seed: int = 0) -> tuple[Path, Path]:
     """A synthetic table of the benchmark's shape (12 binary + 2 multi-class tasks x ``n_items`` x 3 LLMs) and its
-    tasks file, for trying the reproduction before the real scores exist."""
+    tasks file, for trying the reproduction before the real scores exist; beside them, as in the benchmark's
+    folder, content-free scores, item embeddings that carry the labels (so the student learns) and a costs file
+    (each LLM's mean seconds per item on each task, and the student's)."""
     import yaml
 
+    from ls_backend.benchmark.answers import item_id
     from ls_backend.datasets import BBC_TOPICS, TREC_CLASSES
+    from ls_backend.embeddings import save_embeddings
     from ls_backend.scores import write_scores
     from ls_backend.server.oot import CONTENT_FREE_FILE
-    from ls_backend.synthetic import make_synthetic_scores
+    from ls_backend.synthetic import make_synthetic_scores, synthetic_item_embeddings
 
     llms = ("smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct")
     costs = (0.2, 0.6, 0.9)
@@ -143,6 +151,19 @@ def write_synthetic(folder: Path, n_items: int = 500, seed: int = 0) -> tuple[Pa
             llms=t.llms, logits=mean, answers=mean.argmax(axis=2), costs=t.costs[:, :3], description=t.description,
         )  # fmt: skip
     write_scores(content_free, folder / CONTENT_FREE_FILE)
+    ids = [item_id(t.name, str(i)) for t in table for i in t.items]
+    vectors = np.concatenate([synthetic_item_embeddings(t.labels, len(t.classes), seed=seed + k)
+                              for k, t in enumerate(table)])  # fmt: skip
+    save_embeddings(folder / "embeddings.npz", [f"{k:016x}" for k in range(len(ids))], vectors, "synthetic",
+                    [(i, row) for row, i in enumerate(ids)])  # fmt: skip
+    seconds = {
+        "unit": "seconds per item",
+        "llms": {
+            llm: {"tasks": {t.name: float(t.costs[t.llm_index(llm)].mean()) for t in table}} for llm in llms
+        },
+        "student": {"tasks": {t.name: SYNTHETIC_STUDENT_SECONDS for t in table}, "what": "synthetic"},
+    }
+    (folder / "costs.json").write_text(json.dumps(seconds, indent=1) + "\n", encoding="utf-8")
     spec = {t.name: {"question": t.description or t.name, "classes": list(t.classes),
                      "description": t.description or t.name} for t in table}  # fmt: skip
     tasks.write_text(yaml.safe_dump({"tasks": spec}, sort_keys=False), encoding="utf-8")
