@@ -278,26 +278,28 @@ def learning_curves(
     path: str | Path,
     *,
     band: str = "25th-75th percentile over tasks",
+    colors: Mapping[str, str] | None = None,
     title: str | None = None,
     panel_size: tuple[float, float] = (4.6, 3.6),
     dpi: int = 100,
 ) -> Path:
     """Two panels against the number of labels (log scale): each method's mean accuracy with its band (``band``
     names it in the axis label), and the LLM calls per item of the methods in ``llm_calls`` (label -> (labels,
-    calls)). A method keeps its color and marker in both panels."""
+    calls)). A method keeps its color and marker in both panels; ``colors`` (label -> matplotlib color) fixes some,
+    e.g. to match another figure."""
     _check_panels(accuracy, "learning_curves")
     order = list(dict.fromkeys([*accuracy, *llm_calls]))
     figure, (left, right) = _new_figure(2, 2, panel_size)
     counts: set[int] = set()
     for label, curve in accuracy.items():
         k = order.index(label)
-        color = _COLORS[k % len(_COLORS)]
+        color = _color(label, k, colors)
         left.fill_between(curve.x, curve.low, curve.high, color=color, alpha=0.15, linewidth=0)
         left.plot(curve.x, curve.mean, marker=_MARKERS[k % len(_MARKERS)], color=color, label=label)
         counts |= {int(x) for x in curve.x}
     for label, (x, calls) in llm_calls.items():
         k = order.index(label)
-        right.plot(x, calls, marker=_MARKERS[k % len(_MARKERS)], color=_COLORS[k % len(_COLORS)], label=label)
+        right.plot(x, calls, marker=_MARKERS[k % len(_MARKERS)], color=_color(label, k, colors), label=label)
         counts |= {int(v) for v in x}
     ticks = sorted(counts)
     for ax, ylabel in (
@@ -324,13 +326,17 @@ def frontier_lines(
     *,
     xlabel: str,
     log_x: bool = True,
+    colors: Mapping[str, str] | None = None,
     title: str | None = None,
     max_columns: int = 2,
     panel_size: tuple[float, float] = (4.6, 3.6),
     dpi: int = 100,
 ) -> Path:
     """Several frontiers per panel (lines) with labeled points, one panel per key of ``panels`` (e.g. per
-    metric), one shared legend below; a label keeps its color and marker across panels."""
+    metric), one shared legend below; a label keeps its color and marker across panels (``colors``, label ->
+    matplotlib color, fixes some). A log x axis is labeled at 1, 2 and 5 times the powers of ten, as plain numbers."""
+    from matplotlib import ticker
+
     _check_panels(panels, "frontier_lines")
     labels: list[str] = []
     for panel in panels.values():
@@ -342,15 +348,19 @@ def frontier_lines(
         for label, (x, y) in panel.lines.items():
             k = labels.index(label)
             order = np.argsort(x, kind="stable")
-            (line,) = ax.plot(np.asarray(x)[order], np.asarray(y)[order], color=_COLORS[k % len(_COLORS)],
+            (line,) = ax.plot(np.asarray(x)[order], np.asarray(y)[order], color=_color(label, k, colors),
                               marker=".", markersize=3, linewidth=1.3)  # fmt: skip
             handles.setdefault(label, line)
         for label, (point_x, point_y) in panel.points.items():
             k = labels.index(label)
-            handles.setdefault(label, ax.scatter([point_x], [point_y], color=_COLORS[k % len(_COLORS)],
+            handles.setdefault(label, ax.scatter([point_x], [point_y], color=_color(label, k, colors),
                                                  marker=_MARKERS[k % len(_MARKERS)], s=40, zorder=3))  # fmt: skip
         if log_x:
             ax.set_xscale("log")
+            # matplotlib labels the minor ticks of a short log axis too, and they overlap
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(panel.ylabel, fontsize=8)
@@ -362,6 +372,10 @@ def frontier_lines(
     if title:
         figure.suptitle(title)
     return _save(figure, path, dpi)
+
+
+def _color(label: str, k: int, colors: Mapping[str, str] | None) -> str:
+    return colors[label] if colors and label in colors else _COLORS[k % len(_COLORS)]
 
 
 def png_size(path: str | Path) -> tuple[int, int]:

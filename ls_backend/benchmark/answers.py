@@ -1117,6 +1117,14 @@ def student_markdown(
             f"against the LLM cascade's {fmt(cascade_f1, 3)} and {fmt(cascade_accuracy, 3)} at {fmt(cascade_cost, 2)} "
             "(balanced binary tasks).",
         ]
+        served = frontier.points.get("cascade with the student (served)")
+        if served is not None and served[2] > float(half.accuracy[0]):
+            out[-1] += (
+                f" The served cascade with the student does better than its frontier: accuracy {fmt(served[2], 3)} "
+                f"at a cost of {fmt(served[0], 2)}. Its policy is trained bottom-up with a cost weight (Algorithm 1), "
+                f"while each frontier policy is the most accurate on only {frontier.labels} fit items, and fits their "
+                "noise."
+            )
     for caption, link in (figures or {}).items():
         out += ["", f"**{caption}**", "", f"![{caption}]({link})"]
     return "\n".join(out).rstrip() + "\n", headline

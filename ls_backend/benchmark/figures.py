@@ -126,6 +126,18 @@ def frontier_panels_of(report: Report) -> dict[str, Any]:
     return panels
 
 
+# a method has one color in both student figures (its frontier and its served point too)
+STUDENT_COLORS = {
+    "student alone": "tab:blue",
+    "LLM cascade": "tab:red",
+    "LLM cascade frontier": "tab:red",
+    "LLM cascade (served)": "tab:red",
+    "cascade with the student": "tab:green",
+    "cascade with the student frontier": "tab:green",
+    "cascade with the student (served)": "tab:green",
+}
+
+
 def student_figures(
     study: AnswerStudy, llms: Sequence[str], figures_dir: Path, out_path: Path
 ) -> dict[str, str]:
@@ -144,7 +156,8 @@ def student_figures(
         written[f"Learning curves ({n_tasks} balanced binary tasks): accuracy of the student alone, the LLM cascade "
                 "and the cascade with the student (mean; band = per-task 25th-75th percentile), and LLM calls per "
                 "item, against in-task labels"] = plots.learning_curves(
-            accuracy, calls, figures_dir / LEARNING_CURVE_FILE, band="per-task 25th-75th percentile")  # fmt: skip
+            accuracy, calls, figures_dir / LEARNING_CURVE_FILE, band="per-task 25th-75th percentile",
+            colors=STUDENT_COLORS)  # fmt: skip
     frontier = student_frontier(study, llms)
     if frontier is not None:
         panels = {
@@ -160,7 +173,8 @@ def student_figures(
                 "tasks): the cost frontiers of the LLM cascade and of the cascade with the student (budget picks per "
                 f"task and draw, held-out means), cost relative to asking all {len(llms)} LLMs as in the table; "
                 "points: the student, each LLM and the served configurations"] = plots.frontier_lines(
-            panels, figures_dir / STUDENT_FRONTIER_FILE, xlabel=f"cost / asking all {len(llms)} LLMs (log scale)")  # fmt: skip
+            panels, figures_dir / STUDENT_FRONTIER_FILE, xlabel=f"cost / asking all {len(llms)} LLMs (log scale)",
+            colors=STUDENT_COLORS)  # fmt: skip
     return {
         caption: os.path.relpath(path, out_path.parent).replace(os.sep, "/")
         for caption, path in written.items()
