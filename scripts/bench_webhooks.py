@@ -24,7 +24,9 @@ user + system from /proc: the figure least moved by other work on the machine, s
 interpreter's CPU), and the machine's load average before and after.
 
 Options: ``--labels N`` (2000), ``--events N`` (200), ``--tuning-s S`` (8), ``--modes none,in-process,subprocess``,
-``--repeat N`` (3), ``--threads N`` (waitress threads, 8).
+``--repeat N`` (3), ``--threads N`` (waitress threads, 8), ``--sync normal,full`` (the label store's
+``loop.label_store_sync``; several give a row per mode and level, interleaved like the modes; default ``normal``,
+the server's).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = 1
 MODES = ("none", "in-process", "subprocess")
+SYNC_LEVELS = ("normal", "full")  # loop.label_store_sync
 LABEL_CONFIG = (
     '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
     '<Choice value="yes"/><Choice value="no"/></Choices></View>'
@@ -59,7 +62,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def backend_config(model_dir: Path, mode: str, tuning_s: float, llms: tuple[str, ...]) -> dict[str, Any]:
+def backend_config(
+    model_dir: Path, mode: str, tuning_s: float, llms: tuple[str, ...], sync: str = "normal"
+) -> dict[str, Any]:
     return {
         # the synthetic project's LLM names; never loaded (the server's score_fn is the synthetic one)
         "llms": [{"name": name, "kind": "hf", "model": f"synthetic/{name}"} for name in llms],
@@ -77,11 +82,14 @@ def backend_config(model_dir: Path, mode: str, tuning_s: float, llms: tuple[str,
             "tuning_process": mode == "subprocess",
             "views": False,
             "uncertainty_sampling": False,
+            "label_store_sync": sync,
         },
     }
 
 
-def prepare(folder: Path, mode: str, n_labels: int, n_events: int, tuning_s: float) -> Path:
+def prepare(
+    folder: Path, mode: str, n_labels: int, n_events: int, tuning_s: float, sync: str = "normal"
+) -> Path:
     """A model directory the server restores the synthetic project from; returns its config file."""
     from ls_backend.loop import LabelStore, ServingModel, VersionStore
     from ls_backend.loop.simulation import synthetic_project
@@ -103,7 +111,7 @@ def prepare(folder: Path, mode: str, n_labels: int, n_events: int, tuning_s: flo
     }
     (versions.directory / "project.json").write_text(json.dumps(record))
     config = folder / "backend.json"
-    config.write_text(json.dumps(backend_config(model_dir, mode, tuning_s, project.llms)))
+    config.write_text(json.dumps(backend_config(model_dir, mode, tuning_s, project.llms, sync)))
     return config
 
 
@@ -150,13 +158,13 @@ def stage(status_file: Path) -> str | None:
         return None
 
 
-def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_mode(mode: str, args: argparse.Namespace, sync: str = "normal") -> dict[str, Any]:
     from ls_backend.loop import LabelStore
     from ls_backend.loop.simulation import synthetic_project
 
     with tempfile.TemporaryDirectory(prefix="lwc-bench-webhooks-") as tmp:
         folder = Path(tmp)
-        config = prepare(folder, mode, args.labels, args.events, args.tuning_s)
+        config = prepare(folder, mode, args.labels, args.events, args.tuning_s, sync)
         port = free_port()
         env = {
             **os.environ,
@@ -300,6 +308,9 @@ def main() -> int:
     parser.add_argument(
         "--burst-after-s", type=float, default=1.0, help="seconds from the tuning's start to the burst"
     )
+    parser.add_argument(
+        "--sync", default="normal", help=f"label store sync level(s), comma-separated, of {list(SYNC_LEVELS)}"
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -310,16 +321,23 @@ def main() -> int:
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; choose among {list(MODES)}")
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    syncs = [level.strip() for level in args.sync.split(",") if level.strip()]
+    if not syncs or set(syncs) - set(SYNC_LEVELS):
+        parser.error(f"--sync: choose among {list(SYNC_LEVELS)}")
+    # a row per mode, or per mode and sync level when several are compared
+    cases = [(mode, sync) for mode in modes for sync in syncs]
+    runs: dict[str, list[dict[str, Any]]] = {_case_name(m, s, len(syncs)): [] for m, s in cases}
     for _ in range(args.repeat):
-        for mode in modes:
-            runs[mode].append(run_mode(mode, args))
+        for mode, sync in cases:
+            runs[_case_name(mode, sync, len(syncs))].append(run_mode(mode, args, sync))
     print(
         f"\n{args.events} concurrent /webhook during a retrain of {args.labels} labels (tuning {args.tuning_s:g} s), "
-        f"waitress {args.threads} threads, {os.cpu_count()} CPUs; median of {args.repeat} interleaved runs"
+        f"waitress {args.threads} threads, label store sync {args.sync}, {os.cpu_count()} CPUs; median of "
+        f"{args.repeat} interleaved runs"
     )
+    width = max(12, *(len(name) for name in runs))
     print(
-        f"{'tuning':<12} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'in-app ms':>9} {'CPU ms':>6} {'stored':>9}  "
+        f"{'tuning':<{width}} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'in-app ms':>9} {'CPU ms':>6} {'stored':>9}  "
         f"{'p99 of each run (ms)':<24} load avg"
     )
     failed = False
@@ -330,16 +348,20 @@ def main() -> int:
         each = ", ".join(f"{r['p99_ms']:.0f}" for r in rows)
         loads = f"{min(r['load_before'] for r in rows):.2f}-{max(r['load_after'] for r in rows):.2f}"
         print(
-            f"{mode:<12} {_median(rows, 'p50_ms'):7.1f} {_median(rows, 'p99_ms'):7.1f} {_median(rows, 'max_ms'):7.1f} "
+            f"{mode:<{width}} {_median(rows, 'p50_ms'):7.1f} {_median(rows, 'p99_ms'):7.1f} {_median(rows, 'max_ms'):7.1f} "
             f"{_median(rows, 'in_app_ms'):9.2f} {_median(rows, 'cpu_ms'):6.2f} "
             f"{f'{stored}/{args.events * len(rows)}':>9}  {each:<24} {loads}"
         )
         stages = {r["stage_after"] for r in rows}
-        if mode != "none" and stages != {"tuning"}:
+        if not mode.startswith("none") and stages != {"tuning"}:
             print(
                 f"  (stage after the burst: {sorted(stages)}; the burst should end while the retrain tunes)"
             )
     return 1 if failed else 0
+
+
+def _case_name(mode: str, sync: str, n_syncs: int) -> str:
+    return f"{mode} ({sync})" if n_syncs > 1 else mode
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float:

@@ -1,8 +1,10 @@
 """The durable label store: webhook events and the labels they carry, in SQLite (WAL), safe for several processes.
 
 Every webhook is inserted as a raw event and applied in one transaction before the server answers, so a label
-Label Studio sent is never lost once acknowledged (``synchronous=FULL`` fsyncs the WAL on every commit). Applying
-is idempotent:
+Label Studio sent is never lost once acknowledged: with ``synchronous=FULL`` (the class's default) each commit is
+fsynced and survives a power cut; with ``NORMAL`` (the server's default, ``loop.label_store_sync``) it survives a
+crash or kill of the process, and a power cut may lose what was stored since the last WAL checkpoint (the server's
+catch-up from Label Studio restores those labels). Applying is idempotent:
 
 - an annotation is keyed by its Label Studio id; a version with a newer ``updated_at`` replaces the stored one,
   an equal one is a duplicate (no change), an older one is ``stale`` (ignored);

@@ -210,6 +210,11 @@ class LearningSettings(LoopConfig):
         job_backend: where jobs run: ``embedded`` (threads of the server, state in the label store) or ``rq``
             (an RQ queue on ``redis_url``, run by ``lwc worker`` processes).
         redis_url: the Redis of the ``rq`` job backend (``redis://host:6379/0``).
+        label_store_sync: how the label store commits (SQLite's ``synchronous``). ``normal`` (default): an
+            acknowledged webhook survives a crash or kill -9 of the server; a power cut or OS crash may lose the
+            events stored since the last WAL checkpoint, whose labels the catch-up from Label Studio at the next
+            start restores. ``full``: every commit is fsynced and survives a power cut too, for about twice the
+            CPU per webhook (docs/learning-loop.md, "Webhooks during a retrain").
     """
 
     enabled: bool = True
@@ -222,6 +227,7 @@ class LearningSettings(LoopConfig):
     tuning_process: bool = True
     job_batch_size: Annotated[int, Ge(1)] = 50
     refresh_on_promotion: bool = True
+    label_store_sync: Literal["normal", "full"] = "normal"
     job_backend: Literal["embedded", "rq"] = "embedded"
     redis_url: (
         Annotated[str, AfterValidator(_redis_url), Says("a redis://, rediss:// or unix:// URL")] | None
@@ -436,6 +442,7 @@ SERVER_SETTINGS: dict[str, str] = {
     "loop.tuning_process": "the server's processes",
     "loop.job_backend": "where the server runs pre-annotation jobs (its threads or an RQ queue)",
     "loop.redis_url": "a URL of the server's Redis",
+    "loop.label_store_sync": "the server's label store, shared by every project",
 }
 
 

@@ -70,6 +70,7 @@ class LearningLoop:
         limits = config.limits
         self.store = LabelStore(
             model_dir / LABELS_DB,
+            synchronous=config.learning.label_store_sync.upper(),
             max_text_chars=limits.max_stored_text_chars,
             max_event_bytes=limits.max_stored_event_bytes,
             max_json_depth=limits.max_json_depth,
