@@ -29,7 +29,8 @@ import json
 import math
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -360,6 +361,7 @@ def run_calibration_experiment(
     *,
     progress: bool = True,
     on_cell: Callable[[CellTrace], None] | None = None,
+    n_jobs: int = 1,
 ) -> CalibrationExperiment:
     """Measure ACE in every scenario for every LLM and task of ``table`` (see the module docstring).
 
@@ -369,7 +371,11 @@ def run_calibration_experiment(
             out (SE/IE then use ALL-OOT ST as the reference of the surrogate error).
         config: the experiment's parameters.
         progress: show a progress bar over tasks (tqdm, on stderr).
-        on_cell: called with the fitted and evaluated items of every measurement.
+        on_cell: called with the fitted and evaluated items of every measurement, in this process and in the
+            same order whatever ``n_jobs``.
+        n_jobs: worker processes measuring the (task, LLM) pairs (1: all in this process). Every pair's draws
+            are seeded by its names and its results are merged in the serial order, so the result, the skipped
+            cells and the traces are the same whatever ``n_jobs``; the workers' warnings are re-issued here.
     """
     config = config or ExperimentConfig()
     if not len(table):
@@ -416,60 +422,170 @@ def run_calibration_experiment(
 
     from tqdm.auto import tqdm
 
-    with calibration.single_threaded_blas():
+    measured = [t for t in tasks if labeled_counts[t.name] >= config.min_heldout]
+    jobs = [_pair_job(table, task, llm, result.sources[task.name], config, on_cell is not None)
+            for task in measured for llm in llms]  # fmt: skip
+    with calibration.single_threaded_blas(), _pair_outcomes(jobs, n_jobs) as outcomes:
         for task in tqdm(tasks, desc="calibration experiment", unit="task", disable=not progress):
             if labeled_counts[task.name] < config.min_heldout:
                 reason = f"{labeled_counts[task.name]} labeled item(s), fewer than min_heldout={config.min_heldout}"
                 for llm in llms:
                     _skip(result, llm, task.name, "*", reason)
                 continue
+            item_ids = task.items[task.labeled].astype(str).tolist()
             for llm in llms:
-                _run_task(table, task, llm, result, config, on_cell)
+                _merge_pair(result, task.name, llm, next(outcomes), item_ids, on_cell)
     return result
 
 
-def _run_task(
+@dataclass(frozen=True)
+class _PairJob:
+    """All that the measurements of one (task, LLM) pair need, and no more, so that it is cheap to send to a worker
+    process: the LLM's logits, answers and labels of the task's labeled items, and for each out-of-task setting
+    measured (in table order) the pooled labeled logits and labels of its source tasks, or None when it has none.
+    ``trace``: also return which items each measurement fitted and evaluated on (only when someone listens)."""
+
+    task: str
+    llm: str
+    logits: np.ndarray  # (n, C)
+    answers: np.ndarray  # (n,)
+    labels: np.ndarray  # (n,)
+    sources: tuple[tuple[str, tuple[np.ndarray, np.ndarray] | None], ...]
+    config: ExperimentConfig
+    trace: bool
+
+
+@dataclass(frozen=True)
+class _Measurement:
+    """One ACE of a (task, LLM) pair and, when traced, the positions (among the task's labeled items) of the items
+    it was fitted and evaluated on: compact unsigned integers, turned into item ids by the parent process."""
+
+    scenario: str
+    repeat: int
+    ace: float
+    fit: np.ndarray | None
+    evaluated: np.ndarray | None
+
+
+@dataclass
+class _PairOutcome:
+    """What one (task, LLM) pair adds to the experiment, in the serial order: its measurements, its skipped cells
+    (scenario, reason) and the warnings of its fits (category, message, file, line; only from worker processes,
+    whose warnings the parent re-issues)."""
+
+    measurements: list[_Measurement] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[type[Warning], str, str, int]] = field(default_factory=list)
+
+
+def _pair_job(
     table: ScoresTable,
     task: TaskScores,
     llm: str,
-    result: CalibrationExperiment,
+    sources: Mapping[str, Any],
     config: ExperimentConfig,
+    trace: bool,
+) -> _PairJob:
+    li = task.llm_index(llm)
+    labeled = task.labeled
+    pooled = tuple(
+        (setting, _pool(table, sources[setting], llm) if sources[setting] else None)
+        for setting in OOT_SETTINGS
+        if sources[setting] is not None
+    )
+    return _PairJob(task.name, llm, task.logits[li, labeled], task.answers[li, labeled], task.labels[labeled],
+                    pooled, config, trace)  # fmt: skip
+
+
+@contextmanager
+def _pair_outcomes(jobs: Sequence[_PairJob], n_jobs: int) -> Iterator[Iterator[_PairOutcome]]:
+    """The jobs' outcomes in job order: measured here, lazily, or with ``n_jobs`` > 1 in that many spawned worker
+    processes (not forked: this process may hold BLAS or tqdm threads that a fork would copy mid-state). Pending
+    jobs are cancelled when the caller stops early."""
+    if n_jobs <= 1 or len(jobs) <= 1:
+        yield map(_measure_pair, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=context)
+    try:
+        yield pool.map(_measure_pair_in_worker, jobs, chunksize=1)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _measure_pair_in_worker(job: _PairJob) -> _PairOutcome:
+    """:func:`_measure_pair` in a worker process: one BLAS thread, and the warnings recorded for the parent."""
+    with calibration.single_threaded_blas(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # the parent's filters decide, as they would in a serial run
+        outcome = _measure_pair(job)
+    outcome.warnings = [(w.category, str(w.message), w.filename, w.lineno) for w in caught]
+    return outcome
+
+
+_WARNING_REGISTRY: dict[Any, Any] = globals().setdefault("__warningregistry__", {})
+
+
+def _merge_pair(
+    result: CalibrationExperiment,
+    task: str,
+    llm: str,
+    outcome: _PairOutcome,
+    item_ids: Sequence[str],
     on_cell: Callable[[CellTrace], None] | None,
 ) -> None:
+    """Add one pair's outcome to ``result`` and hand its traces to ``on_cell``, as the serial run does."""
+    for category, message, filename, lineno in outcome.warnings:
+        # this module's registry: a fit's warning points here (its stacklevel), so it shows as often as serially
+        warnings.warn_explicit(message, category, filename, lineno, registry=_WARNING_REGISTRY)
     values = result.values[llm]
-    li = task.llm_index(llm)
-    labeled = np.flatnonzero(task.labeled)
-    logits, answers, labels = task.logits[li, labeled], task.answers[li, labeled], task.labels[labeled]
+
+    def ids(positions: np.ndarray | None) -> tuple[str, ...]:
+        assert positions is not None, "a traced pair has the positions of every measurement"
+        return tuple(item_ids[i] for i in positions.tolist())
+
+    for m in outcome.measurements:
+        values[m.scenario].setdefault(task, []).append(m.ace)
+        if on_cell is not None:
+            on_cell(CellTrace(llm, task, m.scenario, m.repeat, ids(m.fit), ids(m.evaluated)))
+    for scenario, reason in outcome.skipped:
+        _skip(result, llm, task, scenario, reason)
+
+
+def _measure_pair(job: _PairJob) -> _PairOutcome:
+    """Every measurement of one (task, LLM) pair (top level: it runs in worker processes)."""
+    config, logits, answers, labels = job.config, job.logits, job.answers, job.labels
+    outcome = _PairOutcome()
+    n = labels.size
     hits = answers == labels
-    item_ids = task.items[labeled].astype(str)
+    index_type = np.min_scalar_type(max(n - 1, 0))
     uncalibrated = confidence.confidence_scores(logits, answers)
 
     def record(key: str, repeat: int, scores: np.ndarray, evaluated: np.ndarray, fitted: np.ndarray) -> None:
-        values[key].setdefault(task.name, []).append(
-            metrics.ace(scores, hits[evaluated], n_bins=config.n_bins)
-        )
-        if on_cell is not None:
-            on_cell(
-                CellTrace(llm, task.name, key, repeat, tuple(item_ids[fitted]), tuple(item_ids[evaluated]))
-            )
+        ace = metrics.ace(scores, hits[evaluated], n_bins=config.n_bins)
+        if job.trace:
+            fit, heldout = fitted.astype(index_type), evaluated.astype(index_type)
+            outcome.measurements.append(_Measurement(key, repeat, ace, fit, heldout))
+        else:
+            outcome.measurements.append(_Measurement(key, repeat, ace, None, None))
 
-    everything, nothing = np.arange(labeled.size), np.zeros(0, dtype=np.int64)
+    def skip(key: str, reason: str) -> None:
+        outcome.skipped.append((key, reason))
+
+    everything, nothing = np.arange(n), np.zeros(0, dtype=np.int64)
     record(UNCALIBRATED, 0, uncalibrated, everything, nothing)
 
     references: dict[str, np.ndarray] = {}
-    for setting in [s for s in OOT_SETTINGS if result.sources[task.name][s] is not None]:
-        source_names = result.sources[task.name][setting]
-        if not source_names:
+    for setting, pooled in job.sources:
+        if pooled is None:
             for name in config.calibrators:
-                _skip(
-                    result,
-                    llm,
-                    task.name,
-                    f"{setting}/{name}",
-                    "no other task with the same classes has labels",
-                )
+                skip(f"{setting}/{name}", "no other task with the same classes has labels")
             continue
-        source_logits, source_labels = _pool(table, source_names, llm)
+        source_logits, source_labels = pooled
         fitted_st: calibration.Calibrator | None = None
         for name in config.calibrators:
             calibrator = calibration.make_calibrator(name).fit(source_logits, source_labels)
@@ -489,35 +605,29 @@ def _run_task(
     reference = references.get("SIM-OOT", references.get("ALL-OOT"))
     errors = None if reference is None else sampling.surrogate_error(uncalibrated, reference)
     for shots in sorted(config.shots):
-        if labeled.size - shots < config.min_heldout:
+        if n - shots < config.min_heldout:
             for sampler in config.samplers:
                 for name in config.calibrators:
-                    _skip(
-                        result,
-                        llm,
-                        task.name,
+                    skip(
                         Scenario(IN_TASK, name, shots, sampler).key,
-                        f"{labeled.size} labeled items: fewer than {shots} shots + {config.min_heldout} held out",
+                        f"{n} labeled items: fewer than {shots} shots + {config.min_heldout} held out",
                     )
             continue
         for sampler_name in config.samplers:
             if errors is None and sampler_name != "U":
                 for name in config.calibrators:
-                    _skip(
-                        result,
-                        llm,
-                        task.name,
+                    skip(
                         Scenario(IN_TASK, name, shots, sampler_name).key,
                         "no out-of-task calibrator to compute the surrogate error with",
                     )
                 continue
-            cell_errors = errors if errors is not None else np.zeros(labeled.size)
+            cell_errors = errors if errors is not None else np.zeros(n)
             for repeat in range(config.repeats):
                 rng = np.random.default_rng(
                     [
                         config.seed,
-                        _name_hash(task.name),
-                        _name_hash(llm),
+                        _name_hash(job.task),
+                        _name_hash(job.llm),
                         shots,
                         _name_hash(sampler_name),
                         repeat,
@@ -538,6 +648,7 @@ def _run_task(
                     calibrator = calibration.make_calibrator(name).fit(logits[drawn], labels[drawn], weights)
                     scores = confidence.confidence_scores(logits[heldout], answers[heldout], calibrator)
                     record(Scenario(IN_TASK, name, shots, sampler_name).key, repeat, scores, heldout, drawn)
+    return outcome
 
 
 def _pool(table: ScoresTable, task_names: Sequence[str], llm: str) -> tuple[np.ndarray, np.ndarray]:

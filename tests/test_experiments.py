@@ -153,6 +153,39 @@ def test_deterministic_given_seed(table: ScoresTable, result: CalibrationExperim
     assert other.values["cheap"]["in-task/10/U/ST"] != result.values["cheap"]["in-task/10/U/ST"]
 
 
+def test_worker_processes_give_the_same_values_skips_and_traces() -> None:
+    """The (task, LLM) pairs measured in two worker processes: the same values, skipped cells and traces, in the
+    same order, as in one process; with a task too small to measure and a shot count too large for every task."""
+    table = small_table(n_tasks=4, n_items=60)
+    table.tasks["tiny-spam_0"] = make_synthetic_scores(
+        n_tasks=1, n_items=15, llms=("cheap", "dear"), name_prefix="tiny-"
+    ).tasks["tiny-spam_0"]
+    config = ExperimentConfig(shots=(10, 45), repeats=2, n_clusters=2)
+    embeddings = synthetic_embeddings(list(table.tasks))
+    runs = []
+    for n_jobs in (1, 2):
+        traces: list[CellTrace] = []
+        result = run_calibration_experiment(
+            table, embeddings, config, progress=False, on_cell=traces.append, n_jobs=n_jobs
+        )
+        runs.append((result, traces))
+    (serial, serial_traces), (parallel, parallel_traces) = runs
+    assert parallel.to_json() == serial.to_json()  # values, skipped cells, sources and tables, in order
+    assert parallel.values == serial.values and parallel.skipped == serial.skipped
+    assert {s["scenario"] for s in serial.skipped} >= {"*", "in-task/45/U/ST"}
+    assert parallel_traces == serial_traces
+    assert len(serial_traces) == 2 * 4 * (1 + 4 + 1 * 3 * 2 * 2)  # (LLM, task) x measurements
+
+
+def test_worker_warnings_are_issued_in_the_parent() -> None:
+    from ls_backend.experiments import _merge_pair, _PairOutcome
+
+    result = run_calibration_experiment(small_table(n_tasks=2, n_items=60), None, SMALL, progress=False)
+    warned = _PairOutcome(warnings=[(calibration.ConvergenceWarning, "ST fit did not converge", __file__, 1)])
+    with pytest.warns(calibration.ConvergenceWarning, match="did not converge"):
+        _merge_pair(result, "spam_0", "cheap", warned, [], None)
+
+
 def test_adding_a_task_keeps_the_draws_of_the_others() -> None:
     config = ExperimentConfig(shots=(10,), repeats=1, samplers=("U",), calibrators=("ST",))
     traces_a: list[CellTrace] = []

@@ -170,6 +170,37 @@ def test_cascade_seeds_are_independent_of_other_tasks_and_paired_across_bins() -
     assert len(jobs) == len(table) * 2 * 2
 
 
+def test_run_jobs_starts_the_longest_first_and_yields_in_job_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ls_backend.benchmark.table3_runner import expected_cost, run_jobs
+
+    settings = Settings(eval_repeats=1, cascade_bins=(2, 5), trials=3, inner_splits=2)
+    table = read_scores_fixture()
+    jobs = [s.job for s in cascade_jobs(table, table.llms, settings)]
+    assert [j.options.n_bins for j in jobs] == [2, 5, 2, 5]
+    assert expected_cost(jobs[1]) > expected_cost(jobs[0]) == expected_cost(jobs[2])
+    submitted: list[Any] = []
+    submit = ProcessPoolExecutor.submit
+
+    def recording_submit(self: ProcessPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        submitted.append(args[0])
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", recording_submit)
+    serial = list(run_jobs(jobs, 1))
+    parallel = list(run_jobs(jobs, 2))
+    position = {id(job): i for i, job in enumerate(jobs)}
+    assert [position[id(job)] for job in submitted] == [1, 3, 0, 2]  # 5 bins first, ties in job order
+    assert (
+        [position[id(job)] for job, _ in parallel] == [position[id(job)] for job, _ in serial] == [0, 1, 2, 3]
+    )
+    for (_, one), (_, two) in zip(serial, parallel, strict=True):
+        one.pop("policy", None)
+        two.pop("policy", None)
+        np.testing.assert_equal(two, one)
+
+
 def read_scores_fixture() -> Any:
     from ls_backend.synthetic import make_synthetic_scores
 

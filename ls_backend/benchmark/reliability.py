@@ -30,9 +30,15 @@ class CalibrationRun:
 
 
 def run_calibration(
-    table: ScoresTable, embeddings: Any, settings: Settings, progress: bool, keep_shots: int | None
+    table: ScoresTable,
+    embeddings: Any,
+    settings: Settings,
+    progress: bool,
+    keep_shots: int | None,
+    n_jobs: int = 1,
 ) -> CalibrationRun:
-    """The paper's calibration experiment; keeps the first repeat's items of the cells at ``keep_shots``."""
+    """The paper's calibration experiment, its (task, LLM) pairs in ``n_jobs`` worker processes (the same
+    result); keeps the first repeat's items of the cells at ``keep_shots``."""
     config = ExperimentConfig(shots=settings.shots, repeats=settings.repeats, n_bins=settings.ace_bins,
                               n_clusters=settings.n_clusters, seed=settings.seed)  # fmt: skip
     traces: dict[tuple[str, str, str], CellTrace] = {}
@@ -42,7 +48,9 @@ def run_calibration(
         if trace.repeat == 0 and scenario.shots == keep_shots:
             traces[trace.llm, trace.task, trace.scenario] = trace
 
-    experiment = run_calibration_experiment(table, embeddings, config, progress=progress, on_cell=keep)
+    experiment = run_calibration_experiment(
+        table, embeddings, config, progress=progress, on_cell=keep, n_jobs=n_jobs
+    )
     return CalibrationRun(experiment, traces)
 
 

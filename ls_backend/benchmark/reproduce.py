@@ -161,12 +161,14 @@ def _reproduce(
         max_shots = max(settings.shots)
 
     with timed("calibration experiment"):
-        calib = run_calibration(binary_table, embeddings, settings, progress, keep_shots=max_shots)
+        calib = run_calibration(
+            binary_table, embeddings, settings, progress, keep_shots=max_shots, n_jobs=n_jobs
+        )
     calib_multi = None
     if multiclass:
         with timed("multi-class calibration"):
             calib_multi = run_calibration(
-                subtable(table, multiclass), None, settings, progress, keep_shots=None
+                subtable(table, multiclass), None, settings, progress, keep_shots=None, n_jobs=n_jobs
             )
     experiment = calib.experiment
     best_at_max = {

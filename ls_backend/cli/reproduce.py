@@ -59,8 +59,8 @@ def register(subparsers: Any) -> None:
         "--jobs",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="worker processes for Table 3 and the answer study's work with labels (results do not change; "
-        "default: 2, or 1 on a 1-CPU machine)",
+        help="worker processes for the calibration experiments, Table 3 and the answer study's work with labels "
+        "(results do not change; default: 2, or 1 on a 1-CPU machine)",
     )
     parser.add_argument("--repeats", type=int, help="override: in-task repeats per cell")
     parser.add_argument("--n-clusters", type=int, help="override: SIM-OOT clusters (default 4)")
