@@ -389,7 +389,7 @@ class LabelStore:
         """Group commit: the leader stores every event queued so far in one transaction (one fsync), wakes their
         threads, and hands the lead to the first event queued meanwhile. Each waiting thread is woken once; waiting
         on the write lock instead, the waiters of a batch woke one after another to find their event stored, a
-        convoy that cost more CPU than storing the events (docs/learning-loop.md, "Webhook latency")."""
+        convoy that cost more CPU than storing the events (docs/learning-loop.md, "Less CPU per webhook")."""
         batch: list[_PendingEvent] = []
         try:
             with (

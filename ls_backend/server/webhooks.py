@@ -3,7 +3,7 @@
 Label Studio gives a webhook 1 s and can send hundreds at once (an import of annotations, a team labeling in
 parallel). Storing an event durably costs well under a millisecond of CPU once commits are grouped, while
 Flask's request machinery around it (request context, hooks, routing, ``jsonify``) cost about as much again:
-served by Flask, the CPU per webhook was about twice the store's (docs/learning-loop.md, "Webhook latency").
+served by Flask, the CPU per webhook was about twice the store's (docs/learning-loop.md, "Less CPU per webhook").
 So this one endpoint is answered here, with the same rules as every other one:
 
 - the same authentication (HTTP basic auth, or the ``X-Webhook-Secret`` header; docs/server.md);
