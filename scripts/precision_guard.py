@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -50,6 +49,7 @@ from ls_backend.benchmark.precision_guard import (  # noqa: E402
     compare,
     summarize,
 )
+from ls_backend.benchmark.settings import DEFAULT_ITEMS, DEFAULT_LLMS, DEFAULT_TASKS, machine_description  # noqa: E402
 from ls_backend.files import home_as_tilde  # noqa: E402
 
 
@@ -75,9 +75,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--llms", default="ls_backend/data/benchmark/llms.yaml")
-    parser.add_argument("--tasks", default="ls_backend/data/benchmark/tasks.yaml")
-    parser.add_argument("--items", default="ls_backend/data/benchmark/items.jsonl")
+    parser.add_argument("--llms", default=DEFAULT_LLMS)
+    parser.add_argument("--tasks", default=DEFAULT_TASKS)
+    parser.add_argument("--items", default=DEFAULT_ITEMS)
     parser.add_argument("--per-task", type=int, default=60)
     parser.add_argument("--precisions", nargs="+", default=["bfloat16", "int8"])
     parser.add_argument("--only", nargs="*", help="LLM names (default: all of --llms)")
@@ -201,15 +201,7 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
             del llm
     result["wall_seconds"] = time.perf_counter() - started
     result["loadavg_after"] = list(os.getloadavg())
-    result["machine"] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
+    result["machine"] = machine_description()
     if reference_cache is not None:
         reference_cache.close()
     if cache is not None:

@@ -28,6 +28,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from ls_backend.benchmark.prompt_study import run_prompt_study  # noqa: E402
+from ls_backend.benchmark.settings import DEFAULT_DIR, DEFAULT_LLMS  # noqa: E402
 from ls_backend.scores import write_scores  # noqa: E402
 
 
@@ -35,10 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--llms", default="ls_backend/data/benchmark/llms.yaml")
-    parser.add_argument(
-        "--dir", default="ls_backend/data/benchmark", help="folder of tasks.yaml and items.jsonl; outputs"
-    )
+    parser.add_argument("--llms", default=DEFAULT_LLMS)
+    parser.add_argument("--dir", default=DEFAULT_DIR, help="folder of tasks.yaml and items.jsonl; outputs")
     parser.add_argument("--per-task", type=int, default=60, help="items per task (default 60)")
     parser.add_argument(
         "--only", nargs="*", help="LLM names to study (default: all; others keep their results)"

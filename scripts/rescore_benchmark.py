@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +40,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from ls_backend.benchmark.answers import item_id  # noqa: E402
+from ls_backend.benchmark.settings import DEFAULT_DIR, DEFAULT_LLMS, machine_description  # noqa: E402
 from ls_backend.files import file_sha256, home_as_tilde  # noqa: E402
 
 PACKAGES = (
@@ -147,7 +146,6 @@ def write_provenance(args: argparse.Namespace, wall_seconds: float | None, comma
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; run the scoring first")
     llms, prompts = llm_entries(Path(args.llms), tasks, scores)
-    import torch
 
     provenance = {
         "command": "python scripts/rescore_benchmark.py " + " ".join(sys.argv[1:]) if commands else None,
@@ -168,13 +166,7 @@ def write_provenance(args: argparse.Namespace, wall_seconds: float | None, comma
         "llms": llms,
         "prompts": prompts,
         "package_versions": {name: version_of(name) for name in PACKAGES},
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": machine_description(),
     }
     path = folder / "provenance.json"
     path.write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -187,12 +179,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--llms",
-        default="ls_backend/data/benchmark/llms.yaml",
-        help="LLM config (default ls_backend/data/benchmark/llms.yaml)",
+        default=DEFAULT_LLMS,
+        help=f"LLM config (default {DEFAULT_LLMS})",
     )
-    parser.add_argument(
-        "--dir", default="ls_backend/data/benchmark", help="folder of items, tasks, scores, provenance"
-    )
+    parser.add_argument("--dir", default=DEFAULT_DIR, help="folder of items, tasks, scores, provenance")
     parser.add_argument(
         "--cache",
         default=str(Path.home() / ".cache/label-with-confidence/benchmark-scores.sqlite"),

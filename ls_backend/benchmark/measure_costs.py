@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from ls_backend.benchmark.settings import DEFAULT_ITEMS, DEFAULT_LLMS, DEFAULT_TASKS, machine_description
+
 WARMUP_ITEMS = 2  # the fewest texts for which an LLM builds a shared-prefix cache
 
 
@@ -43,9 +44,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--llms", default="ls_backend/data/benchmark/llms.yaml")
-    parser.add_argument("--tasks", default="ls_backend/data/benchmark/tasks.yaml")
-    parser.add_argument("--items", default="ls_backend/data/benchmark/items.jsonl")
+    parser.add_argument("--llms", default=DEFAULT_LLMS)
+    parser.add_argument("--tasks", default=DEFAULT_TASKS)
+    parser.add_argument("--items", default=DEFAULT_ITEMS)
     parser.add_argument("--out", default="ls_backend/data/benchmark/costs.json")
     parser.add_argument("--per-task", type=int, default=24, help="timed items per task (default 24)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, LLM order rotated each (default 2)")
@@ -71,7 +72,6 @@ def sample_items(
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
     from tqdm.auto import tqdm
 
     from ls_backend.llms.config import load_llm_configs
@@ -156,13 +156,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "wall_seconds": wall,
         "loadavg_before": list(load_before),
         "loadavg_after": list(load_after),
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": machine_description(),
     }
     return result
 

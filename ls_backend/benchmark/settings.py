@@ -3,15 +3,36 @@ default inputs and outputs. Light to import: ``lwc --help`` reads the defaults."
 
 from __future__ import annotations
 
+import os
+import platform
 from dataclasses import dataclass
+from typing import Any
 
 # The committed benchmark (package data), relative to the current directory: the repository's root when run as
 # documented, and the paths the report records.
-DEFAULT_SCORES = "ls_backend/data/benchmark/scores.jsonl.gz"
-DEFAULT_TASKS = "ls_backend/data/benchmark/tasks.yaml"
+DEFAULT_DIR = "ls_backend/data/benchmark"
+DEFAULT_SCORES = f"{DEFAULT_DIR}/scores.jsonl.gz"
+DEFAULT_TASKS = f"{DEFAULT_DIR}/tasks.yaml"
+DEFAULT_LLMS = f"{DEFAULT_DIR}/llms.yaml"
+DEFAULT_ITEMS = f"{DEFAULT_DIR}/items.jsonl"
 DEFAULT_OUT = "docs/results.md"
 DEFAULT_FIGURES = "docs/figures"
 DEFAULT_DISCUSSION = "docs/benchmark/discussion.md"
+
+
+def machine_description() -> dict[str, Any]:
+    """What a measurement's provenance records of the machine it ran on (torch is imported here, not at import)."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 @dataclass(frozen=True)
