@@ -1,8 +1,9 @@
 """Webhook latency while a retrain tunes bin edges (not a test): run with ``.venv/bin/python scripts/bench_webhooks.py``.
 
-For each mode, one after the other, a fresh model directory gets a synthetic project (``ls_backend.loop.simulation``:
-``--labels`` labeled tasks with texts, 3 synthetic LLMs) that the server restores at start, and the backend is served
-by waitress (8 threads, as ``lwc serve``) in a subprocess on loopback:
+For each mode and HTTP server, one after the other, a fresh model directory gets a synthetic project
+(``ls_backend.loop.simulation``: ``--labels`` labeled tasks with texts, 3 synthetic LLMs) that the server restores at
+start, and the backend is served as ``lwc serve --http-server S`` serves it (granian, the default, or waitress; 8
+threads) in a subprocess on loopback:
 
 - ``none``: no retrain runs (the baseline);
 - ``in-process``: START_TRAINING, and the worker thread tunes the bin edges in the server's process (the behaviour
@@ -19,19 +20,20 @@ by the synthetic project's, which is what a warm score cache gives (every labele
 Each mode runs ``--repeat`` times, the modes interleaved (so a change in the machine's load hits all of them); the
 table gives the median over the repetitions and every repetition's p99, the server's own mean time per webhook
 (``in-app``, from /metrics: from the endpoint's start to its answer, so waiting for the group commit counts but
-waiting for a waitress thread does not), the server process's CPU time per webhook during the burst (``CPU ms``,
-user + system from /proc: the figure least moved by other work on the machine, since the burst is bounded by one
-interpreter's CPU), and the machine's load average before and after.
+waiting for a free thread does not), the server's CPU time per webhook during the burst (``CPU ms``, user + system
+from /proc, of the server's processes but not the tuning process: the figure least moved by other work on the
+machine, since the burst is bounded by one interpreter's CPU), and the machine's load average before and after.
 
 Options: ``--labels N`` (2000), ``--events N`` (200), ``--tuning-s S`` (8), ``--modes none,in-process,subprocess``,
-``--repeat N`` (3), ``--threads N`` (waitress threads, 8), ``--sync normal,full`` (the label store's
-``loop.label_store_sync``; several give a row per mode and level, interleaved like the modes; default ``normal``,
-the server's).
+``--repeat N`` (3), ``--threads N`` (the server's Python threads, 8), ``--servers granian,waitress`` (the HTTP
+servers compared, a row each), ``--sync normal,full`` (the label store's ``loop.label_store_sync``; several give a
+row per level; default ``normal``, the server's). Every case is interleaved with the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -49,6 +51,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = 1
 MODES = ("none", "in-process", "subprocess")
+SERVERS = ("granian", "waitress")  # lwc serve --http-server
 SYNC_LEVELS = ("normal", "full")  # loop.label_store_sync
 LABEL_CONFIG = (
     '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
@@ -115,9 +118,22 @@ def prepare(
     return config
 
 
-def serve(config_path: Path, port: int, threads: int, n_items: int) -> None:
-    """The server subprocess: the real app (learning loop on) with the synthetic project's score_fn."""
-    from ls_backend.cli.serve import serve_waitress
+def serve(config_path: Path, port: int, threads: int, n_items: int, http_server: str) -> None:
+    """The server subprocess: the real app (learning loop on) with the synthetic project's score_fn, served as
+    ``lwc serve --http-server`` serves it."""
+    from ls_backend.cli import configure_logging
+    from ls_backend.cli.serve import serve_granian, serve_waitress
+
+    configure_logging()  # as lwc serve logs (into the run's server.log)
+    make_app = functools.partial(bench_app, config_path, n_items)
+    if http_server == "granian":
+        serve_granian(make_app, "127.0.0.1", port, threads)
+    else:
+        serve_waitress(make_app(), "127.0.0.1", port, threads)
+
+
+def bench_app(config_path: Path, n_items: int) -> Any:
+    """The app the server serves (built in granian's worker process, where the app's threads run)."""
     from ls_backend.loop.simulation import synthetic_project
     from ls_backend.server import CascadePredictor, create_app
     from ls_backend.server.projects import ProjectDescriptions
@@ -130,7 +146,7 @@ def serve(config_path: Path, port: int, threads: int, n_items: int) -> None:
     serving = app.extensions["lwc"].learning.serving
     serving.score = lambda loop, k, texts: project.score_fn(k, texts)  # a warm score cache
     serving.sync_initial = lambda loop: None  # the initial version is in the model dir already
-    serve_waitress(app, "127.0.0.1", port, threads)
+    return app
 
 
 def post(url: str, body: Any, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
@@ -158,7 +174,9 @@ def stage(status_file: Path) -> str | None:
         return None
 
 
-def run_mode(mode: str, args: argparse.Namespace, sync: str = "normal") -> dict[str, Any]:
+def run_mode(
+    mode: str, args: argparse.Namespace, sync: str = "normal", http_server: str = "granian"
+) -> dict[str, Any]:
     from ls_backend.loop import LabelStore
     from ls_backend.loop.simulation import synthetic_project
 
@@ -173,7 +191,8 @@ def run_mode(mode: str, args: argparse.Namespace, sync: str = "normal") -> dict[
         env.setdefault("OMP_NUM_THREADS", "1")
         log = (folder / "server.log").open("wb")
         command = [sys.executable, __file__, "--serve", str(config), "--port", str(port),
-                   "--threads", str(args.threads), "--labels", str(args.labels), "--events", str(args.events)]  # fmt: skip
+                   "--threads", str(args.threads), "--labels", str(args.labels), "--events", str(args.events),
+                   "--servers", http_server]  # fmt: skip
         server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         load_before = os.getloadavg()
@@ -188,9 +207,11 @@ def run_mode(mode: str, args: argparse.Namespace, sync: str = "normal") -> dict[
             payloads = [
                 project.annotation_payload(args.labels + i, args.labels + i + 1) for i in range(args.events)
             ]
-            cpu_before = process_cpu_seconds(server.pid)
+            serving = server_processes(server.pid, http_server)
+            cpu_before = sum(process_cpu_seconds(pid) for pid in serving)
             latencies, answers = burst(f"{url}/webhook", payloads)
-            cpu_per_event = (process_cpu_seconds(server.pid) - cpu_before) / len(payloads)
+            cpu_after = sum(process_cpu_seconds(pid) for pid in serving)
+            cpu_per_event = (cpu_after - cpu_before) / len(payloads)
             stage_after = stage(status_file) if mode != "none" else "-"
             in_app = server_seconds(url)
         finally:
@@ -213,6 +234,18 @@ def run_mode(mode: str, args: argparse.Namespace, sync: str = "normal") -> dict[
         "load_before": load_before[0],
         "load_after": load_after[0],
     }
+
+
+def server_processes(pid: int, http_server: str) -> list[int]:
+    """The processes that serve: waitress's one, or granian's supervisor and its worker (whose child, the tuning
+    process, is not counted; waitress's child is that tuning process)."""
+    if http_server != "granian":
+        return [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(int(child) for child in children)]
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -303,7 +336,10 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200, help="concurrent webhooks in the burst")
     parser.add_argument("--tuning-s", type=float, default=8.0, help="seconds the retrain tunes bin edges")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {list(MODES)}")
-    parser.add_argument("--threads", type=int, default=8, help="waitress threads")
+    parser.add_argument("--threads", type=int, default=8, help="the server's Python threads")
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help=f"HTTP server(s), comma-separated, of {list(SERVERS)}"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each mode, interleaved")
     parser.add_argument(
         "--burst-after-s", type=float, default=1.0, help="seconds from the tuning's start to the burst"
@@ -315,7 +351,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        serve(args.serve, args.port, args.threads, args.labels + args.events)
+        serve(args.serve, args.port, args.threads, args.labels + args.events, args.servers)
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - set(MODES))
@@ -324,15 +360,18 @@ def main() -> int:
     syncs = [level.strip() for level in args.sync.split(",") if level.strip()]
     if not syncs or set(syncs) - set(SYNC_LEVELS):
         parser.error(f"--sync: choose among {list(SYNC_LEVELS)}")
-    # a row per mode, or per mode and sync level when several are compared
-    cases = [(mode, sync) for mode in modes for sync in syncs]
-    runs: dict[str, list[dict[str, Any]]] = {_case_name(m, s, len(syncs)): [] for m, s in cases}
+    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
+    if not servers or set(servers) - set(SERVERS):
+        parser.error(f"--servers: choose among {list(SERVERS)}")
+    # a row per mode, HTTP server and sync level
+    cases = [(mode, server, sync) for mode in modes for server in servers for sync in syncs]
+    runs: dict[str, list[dict[str, Any]]] = {_case_name(*case, servers, syncs): [] for case in cases}
     for _ in range(args.repeat):
-        for mode, sync in cases:
-            runs[_case_name(mode, sync, len(syncs))].append(run_mode(mode, args, sync))
+        for mode, server, sync in cases:
+            runs[_case_name(mode, server, sync, servers, syncs)].append(run_mode(mode, args, sync, server))
     print(
         f"\n{args.events} concurrent /webhook during a retrain of {args.labels} labels (tuning {args.tuning_s:g} s), "
-        f"waitress {args.threads} threads, label store sync {args.sync}, {os.cpu_count()} CPUs; median of "
+        f"{args.threads} threads, label store sync {args.sync}, {os.cpu_count()} CPUs; median of "
         f"{args.repeat} interleaved runs"
     )
     width = max(12, *(len(name) for name in runs))
@@ -360,8 +399,10 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def _case_name(mode: str, sync: str, n_syncs: int) -> str:
-    return f"{mode} ({sync})" if n_syncs > 1 else mode
+def _case_name(mode: str, server: str, sync: str, servers: list[str], syncs: list[str]) -> str:
+    """The row's name: the mode, and the server and sync level where several are compared."""
+    varying = [value for value, choices in ((server, servers), (sync, syncs)) if len(choices) > 1]
+    return f"{mode} ({', '.join(varying)})" if varying else mode
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float:

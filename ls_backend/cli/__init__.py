@@ -36,19 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def configure_logging(verbose: bool = False) -> None:
+    """The logging of every ``lwc`` command: INFO (DEBUG with ``-v``) to stderr, Optuna's warnings only."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     from ls_backend.loop.tuning import quiet_optuna
 
     quiet_optuna()  # the commands that tune (serve's retrains, reports) log Optuna's warnings, not each trial
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
     try:
         return int(args.func(args) or 0)
     except (CLIError, FileNotFoundError, ValueError, KeyError) as e:

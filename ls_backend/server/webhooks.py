@@ -147,7 +147,9 @@ class WebhookEndpoint:
             reply["outcome"] = outcome.outcome
             if outcome.reason:
                 reply["reason"] = outcome.reason
-        logger.info("webhook %s: %s", action, reply.get("outcome", "acknowledged"))
+        # DEBUG, not INFO: a line per webhook cost about a quarter of a burst's CPU (docs/learning-loop.md), and the
+        # label store's events table and /metrics already record every one
+        logger.debug("webhook %s: %s", action, reply.get("outcome", "acknowledged"))
         return reply
 
     def _parse(self, raw: bytes) -> dict[str, Any]:

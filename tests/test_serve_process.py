@@ -1,0 +1,119 @@
+"""``lwc serve``'s processes (granian, the default HTTP server): a supervisor and one worker that builds and serves
+the app. Stopping the supervisor stops the worker, SIGKILL included (no orphan keeps the port or the label store); a
+configuration the worker cannot start with ends ``lwc serve`` with its error; ``--http-server waitress`` serves the
+same app in one process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, free_port, lwc_command
+
+
+def _start(
+    tmp_path: Path, *extra: str, env_extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = tmp_path / "backend.yaml"
+    config.write_text(f"model_dir: {tmp_path / 'models'}\n")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LWC_CONFIG", "BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+    }
+    env.update(env_extra or {})
+    command = [*lwc_command(), "serve", "--port", str(port), "--config", str(config), "--no-warm-up", *extra]
+    log = (tmp_path / "serve.log").open("ab")
+    process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return process, port
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _wait(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+def test_sigkill_of_the_supervisor_takes_the_worker_with_it(tmp_path: Path) -> None:
+    process, port = _start(tmp_path)
+    try:
+        _wait(lambda: _healthy(port), 60, "lwc serve")
+        workers = _children(process.pid)
+        assert len(workers) == 1, workers  # granian's one worker serves
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        _wait(lambda: not _alive(workers[0]), 10, "the worker to end with its supervisor")
+        assert not _healthy(port)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigterm_stops_lwc_serve_cleanly(tmp_path: Path) -> None:
+    process, port = _start(tmp_path)
+    try:
+        _wait(lambda: _healthy(port), 60, "lwc serve")
+        process.terminate()
+        assert process.wait(30) == 0
+        assert not _healthy(port)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_an_error_while_the_worker_starts_ends_lwc_serve_with_it(tmp_path: Path) -> None:
+    # the configuration file is fine; the environment's half-set basic auth is refused where the app is built
+    process, _ = _start(tmp_path, env_extra={"BASIC_AUTH_USER": "admin"})
+    try:
+        assert process.wait(60) == 2
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = (tmp_path / "serve.log").read_text()
+    assert "set both BASIC_AUTH_USER and BASIC_AUTH_PASS" in log
+    assert "lwc serve: error: the server's worker process stopped unexpectedly" in log
+    assert "Traceback" not in log  # a configuration error is one line, as the CLI reports it
+
+
+def test_waitress_serves_the_same_app_in_one_process(tmp_path: Path) -> None:
+    process, port = _start(tmp_path, "--http-server", "waitress")
+    try:
+        _wait(lambda: _healthy(port), 60, "lwc serve --http-server waitress")
+        if Path("/proc/self/task").is_dir():
+            assert _children(process.pid) == []
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert "(waitress)" in (tmp_path / "serve.log").read_text()
