@@ -15,7 +15,7 @@ LLM names (so the policy is a trained SIM-OOT table, 5 bins per LLM). No LLM is 
 ``/predict`` batches of ``--batch`` tasks for ``--seconds`` to servers in subprocesses on loopback, one after the
 other, side by side:
 
-- ``cascade``: ``lwc serve`` (waitress, ``--threads``);
+- ``cascade``: the app under waitress, as ``lwc serve --http-server waitress`` serves it (``--threads``);
 - ``no-op``: the same app and server with a predictor that answers the first class at once (the HTTP, JSON and
   Flask share of the cost);
 - ``cascade (Flask dev)``: the cascade under Flask's development server (the obvious alternative to waitress).

@@ -5,7 +5,7 @@ Through label-studio-sdk, as a user would: a project with 45 real SMS texts (``l
 connected as its ML backend, predictions retrieved, the review threshold set per project (``extra_params``), a
 calibration sample drawn (``POST /calibration-sample``), the true labels annotated (they reach the backend as
 webhooks), ``client.ml.train`` (START_TRAINING) -> catch-up + retrain -> a promoted version that Label Studio lists
-and that new predictions carry. While that retrain runs, 200 concurrent webhooks hit the waitress server: each is
+and that new predictions carry. While that retrain runs, 200 concurrent webhooks hit the server (``lwc serve``): each is
 stored, and the p99 answer time is under Label Studio's 1 s. Then the backend is stopped, more annotations are made,
 and the restarted backend's catch-up finds them.
 

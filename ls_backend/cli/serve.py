@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
         choices=HTTP_SERVERS,
         default="granian",
         help=(
-            "granian (default: its HTTP handling runs in Rust, about half the CPU per webhook of waitress, "
+            "granian (default: its HTTP handling runs in Rust, 0.4-0.7 times waitress's CPU per webhook, "
             "docs/learning-loop.md) or waitress (pure Python, one process)"
         ),
     )
