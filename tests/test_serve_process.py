@@ -117,3 +117,19 @@ def test_waitress_serves_the_same_app_in_one_process(tmp_path: Path) -> None:
         process.terminate()
         process.wait(30)
     assert "(waitress)" in (tmp_path / "serve.log").read_text()
+
+
+def test_the_worker_loader_pickles_where_workers_are_spawned() -> None:
+    """granian spawns its worker instead of forking it where multiprocessing's start method is not fork (macOS,
+    Python 3.14's forkserver default): what builds the app must then cross to the worker pickled."""
+    import functools
+    import pickle
+
+    from ls_backend.cli.serve import _worker_app
+    from ls_backend.server.app import create_app
+    from ls_backend.server.config import load_config
+
+    loader = functools.partial(_worker_app, functools.partial(create_app, load_config(None), warm_up=True), 1)
+    restored = pickle.loads(pickle.dumps(loader))
+    assert restored.args[0].func is create_app
+    assert restored.args[0].args[0] == load_config(None)
