@@ -28,8 +28,8 @@ def _start(
     }
     env.update(env_extra or {})
     command = [*lwc_command(), "serve", "--port", str(port), "--config", str(config), "--no-warm-up", *extra]
-    log = (tmp_path / "serve.log").open("ab")
-    process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with (tmp_path / "serve.log").open("ab") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     return process, port
 
 
