@@ -48,10 +48,11 @@ from typing import Any
 
 import numpy as np
 
+from ls_backend.cli.serve import HTTP_SERVERS
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = 1
 MODES = ("none", "in-process", "subprocess")
-SERVERS = ("granian", "waitress")  # lwc serve --http-server
 SYNC_LEVELS = ("normal", "full")  # loop.label_store_sync
 LABEL_CONFIG = (
     '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
@@ -338,7 +339,9 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {list(MODES)}")
     parser.add_argument("--threads", type=int, default=8, help="the server's Python threads")
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help=f"HTTP server(s), comma-separated, of {list(SERVERS)}"
+        "--servers",
+        default=",".join(HTTP_SERVERS),
+        help=f"HTTP server(s), comma-separated, of {list(HTTP_SERVERS)}",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each mode, interleaved")
     parser.add_argument(
@@ -353,16 +356,9 @@ def main() -> int:
     if args.serve is not None:
         serve(args.serve, args.port, args.threads, args.labels + args.events, args.servers)
         return 0
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = sorted(set(modes) - set(MODES))
-    if unknown:
-        parser.error(f"unknown mode(s) {unknown}; choose among {list(MODES)}")
-    syncs = [level.strip() for level in args.sync.split(",") if level.strip()]
-    if not syncs or set(syncs) - set(SYNC_LEVELS):
-        parser.error(f"--sync: choose among {list(SYNC_LEVELS)}")
-    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    if not servers or set(servers) - set(SERVERS):
-        parser.error(f"--servers: choose among {list(SERVERS)}")
+    modes = _choices(parser, "--modes", args.modes, MODES)
+    syncs = _choices(parser, "--sync", args.sync, SYNC_LEVELS)
+    servers = _choices(parser, "--servers", args.servers, HTTP_SERVERS)
     # a row per mode, HTTP server and sync level
     cases = [(mode, server, sync) for mode in modes for server in servers for sync in syncs]
     runs: dict[str, list[dict[str, Any]]] = {_case_name(*case, servers, syncs): [] for case in cases}
@@ -397,6 +393,14 @@ def main() -> int:
                 f"  (stage after the burst: {sorted(stages)}; the burst should end while the retrain tunes)"
             )
     return 1 if failed else 0
+
+
+def _choices(parser: argparse.ArgumentParser, option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated option's values, each one of ``allowed`` (else the parser's error)."""
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    if not values or set(values) - set(allowed):
+        parser.error(f"{option}: comma-separated, of {list(allowed)}; got {text!r}")
+    return values
 
 
 def _case_name(mode: str, server: str, sync: str, servers: list[str], syncs: list[str]) -> str:

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,11 @@ import pytest
 from tests.conftest import REPO_ROOT, free_port, lwc_command
 
 
-def _start(
+@contextmanager
+def _serving(
     tmp_path: Path, *extra: str, env_extra: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``lwc serve`` started in a subprocess (its log in ``serve.log``), and killed at the end if still running."""
     port = free_port()
     config = tmp_path / "backend.yaml"
     config.write_text(f"model_dir: {tmp_path / 'models'}\n")
@@ -30,7 +34,12 @@ def _start(
     command = [*lwc_command(), "serve", "--port", str(port), "--config", str(config), "--no-warm-up", *extra]
     with (tmp_path / "serve.log").open("ab") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    return process, port
+    try:
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _healthy(port: int) -> bool:
@@ -64,8 +73,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
 def test_sigkill_of_the_supervisor_takes_the_worker_with_it(tmp_path: Path) -> None:
-    process, port = _start(tmp_path)
-    try:
+    with _serving(tmp_path) as (process, port):
         _wait(lambda: _healthy(port), 60, "lwc serve")
         workers = _children(process.pid)
         assert len(workers) == 1, workers  # granian's one worker serves
@@ -73,34 +81,20 @@ def test_sigkill_of_the_supervisor_takes_the_worker_with_it(tmp_path: Path) -> N
         process.wait(10)
         _wait(lambda: not _alive(workers[0]), 10, "the worker to end with its supervisor")
         assert not _healthy(port)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_sigterm_stops_lwc_serve_cleanly(tmp_path: Path) -> None:
-    process, port = _start(tmp_path)
-    try:
+    with _serving(tmp_path) as (process, port):
         _wait(lambda: _healthy(port), 60, "lwc serve")
         process.terminate()
         assert process.wait(30) == 0
         assert not _healthy(port)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_an_error_while_the_worker_starts_ends_lwc_serve_with_it(tmp_path: Path) -> None:
     # the configuration file is fine; the environment's half-set basic auth is refused where the app is built
-    process, _ = _start(tmp_path, env_extra={"BASIC_AUTH_USER": "admin"})
-    try:
+    with _serving(tmp_path, env_extra={"BASIC_AUTH_USER": "admin"}) as (process, _):
         assert process.wait(60) == 2
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     log = (tmp_path / "serve.log").read_text()
     assert "set both BASIC_AUTH_USER and BASIC_AUTH_PASS" in log
     assert "lwc serve: error: the server's worker process stopped unexpectedly" in log
@@ -108,14 +102,10 @@ def test_an_error_while_the_worker_starts_ends_lwc_serve_with_it(tmp_path: Path)
 
 
 def test_waitress_serves_the_same_app_in_one_process(tmp_path: Path) -> None:
-    process, port = _start(tmp_path, "--http-server", "waitress")
-    try:
+    with _serving(tmp_path, "--http-server", "waitress") as (process, port):
         _wait(lambda: _healthy(port), 60, "lwc serve --http-server waitress")
         if Path("/proc/self/task").is_dir():
             assert _children(process.pid) == []
-    finally:
-        process.terminate()
-        process.wait(30)
     assert "(waitress)" in (tmp_path / "serve.log").read_text()
 
 

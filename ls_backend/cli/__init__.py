@@ -21,6 +21,16 @@ class CLIError(Exception):
     """An error the user can fix; printed without a traceback."""
 
 
+# what a command may raise for bad input: reported in one line (error_line), exit status 2
+USER_ERRORS = (CLIError, FileNotFoundError, ValueError, KeyError)
+
+
+def error_line(command: str, error: BaseException) -> str:
+    """How ``lwc`` reports one of :data:`USER_ERRORS`."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return f"lwc {command}: error: {message}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lwc", description="label-with-confidence: calibrated LLM cascades for Label Studio"
@@ -56,9 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError, KeyError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"lwc {args.command}: error: {message}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(error_line(args.command, e), file=sys.stderr)
         return 2
 
 

@@ -121,24 +121,19 @@ def serve_granian(make_app: Callable[[], Any], host: str, port: int, threads: in
         if stop.code:
             return False
         raise
-    return not server.interrupt_children
+    return True
 
 
 def _worker_app(make_app: Callable[[], Any], supervisor_pid: int) -> Any:
     """In granian's worker process: follow the supervisor, then build the app; a bad configuration is reported in
     one line as the CLI reports it (exit status 2), anything else with its traceback (exit status 1)."""
-    from ls_backend.cli import CLIError
+    from ls_backend.cli import USER_ERRORS, error_line
 
     _follow_supervisor(supervisor_pid)
     try:
         return make_app()
-    except (
-        CLIError,
-        FileNotFoundError,
-        ValueError,
-        KeyError,
-    ) as e:  # what ls_backend.cli.main reports as errors
-        logger.error("lwc serve: error: %s", e)
+    except USER_ERRORS as e:
+        logger.error("%s", error_line("serve", e))
         code = 2
     except Exception:
         logger.exception("the ML backend could not start")
