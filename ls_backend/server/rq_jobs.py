@@ -236,12 +236,37 @@ def _local_job(store: JobStore, server_job: Mapping[str, Any], rq_id: str) -> Jo
     return store.update(job.id, external_id=rq_id)
 
 
+# How long the worker's command listener (RQ's pubsub thread) sleeps between looks at its stop flag. RQ sleeps 60 s;
+# redis-py 8.2's PubSubWorkerThread.stop() waits for the thread, and RQ unsubscribes before it stops the thread, so
+# the thread woken by the unsubscribe reply went back to sleep and a SIGTERM took up to 60 s to stop an idle worker
+# (12 of 15 tries on a busy machine; tests/test_rq_worker.py).
+COMMAND_LISTENER_SLEEP_S = 1.0
+
+
+def command_listening_worker_class() -> type:
+    """RQ's in-process worker with a command listener that stops within :data:`COMMAND_LISTENER_SLEEP_S`."""
+    from rq import SimpleWorker
+
+    class Worker(SimpleWorker):
+        def subscribe(self) -> None:
+            self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+            self.pubsub = self.connection.pubsub()
+            self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+            self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+                sleep_time=COMMAND_LISTENER_SLEEP_S,
+                daemon=True,
+                exception_handler=self._pubsub_exception_handler,
+            )
+
+    return Worker
+
+
 def run_worker(redis_url: str, burst: bool = False, name: str | None = None) -> bool:
     """An RQ worker on ``lwc-jobs`` in this process (models stay loaded between jobs: no fork per job)."""
-    from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
-    worker = SimpleWorker(
+    worker_class = command_listening_worker_class()
+    worker = worker_class(
         [queue(redis_url)], connection=connection(redis_url), serializer=JSONSerializer, name=name
     )
     logger.info("RQ worker %s on %s (queue %s)", worker.name, redis_url, QUEUE_NAME)
