@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +270,83 @@ def test_calibration_weights_by_source() -> None:
     assert post[~band].tolist() == excluded[~band].tolist()
     with pytest.raises(ValueError, match="unknown label source"):
         calibration_weights(np.array(["x"], dtype=object), np.array([1.0]))
+
+
+def test_an_event_that_fails_unforeseen_is_stored_ignored_and_its_batch_stored_again_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is first stored without savepoints; an event failing with an error nobody foresaw (not
+    ``MalformedEvent``) rolls it back, and the batch is stored again event by event: the others applied, under
+    consecutive ids in their order, the failed one ignored with its reason."""
+    import threading
+
+    from ls_backend.loop import store as store_module
+
+    store = LabelStore(tmp_path / "labels.db")
+    project = synthetic_project(20, seed=3)
+    real_record = store_module.annotation_record
+
+    def record_or_fail(annotation: Any, config: Any) -> Any:
+        if isinstance(annotation, dict) and annotation.get("id") == 7_007:
+            raise RuntimeError("unforeseen")
+        return real_record(annotation, config)
+
+    monkeypatch.setattr(store_module, "annotation_record", record_or_fail)
+    payloads = [
+        project.annotation_payload(i, 7_001 + i) for i in range(10)
+    ]  # the 7th has annotation id 7_007
+    outcomes: dict[int, Any] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: outcomes.__setitem__(i, store.record_event(payloads[i])))
+        for i in range(10)
+    ]
+    with store._write_lock:  # every event queues behind the lock: they are stored as one batch
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(store._pending) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+    assert sorted(o.outcome for o in outcomes.values()) == ["applied"] * 9 + ["ignored"]
+    failed = next(o for o in outcomes.values() if o.outcome == "ignored")
+    assert "RuntimeError: unforeseen" in (failed.reason or "")
+    ids = sorted(o.event_id for o in outcomes.values())
+    assert ids == list(range(ids[0], ids[0] + 10))
+    assert len(store.labels(project.project)) == 9
+
+
+def test_every_write_goes_through_one_connection_and_other_threads_read_it(tmp_path: Path) -> None:
+    import threading
+
+    store = LabelStore(tmp_path / "labels.db")
+    project = synthetic_project(8, seed=4)
+    writers: set[int] = set()
+    real_writer = store._connections.writer
+
+    def spy() -> Any:
+        connection = real_writer()
+        writers.add(id(connection))
+        return connection
+
+    store._connections.writer = spy  # type: ignore[method-assign]
+    threads = [
+        threading.Thread(target=store.record_event, args=(project.annotation_payload(i, 100 + i),))
+        for i in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    store.set_texts(project.project, {1: "a text"})  # a write through transaction(), not the group commit
+    assert len(writers) == 1
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(len(store.labels(project.project))))
+    reader.start()
+    reader.join(30)
+    assert seen == [8]
+    connection = real_writer()
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        connection.execute("SELECT 1")

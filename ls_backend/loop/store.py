@@ -411,19 +411,36 @@ class LabelStore:
                     self._leading = False
 
     def _store_batch(self, batch: list[_PendingEvent]) -> None:
-        """Insert and apply queued events in one transaction (the caller holds the write lock); each event in a
-        savepoint of its own, so that one that fails is stored as ignored and costs the others nothing."""
-        conn = self._connection()
+        """Insert and apply queued events in one transaction (the caller holds the write lock).
+
+        One event that fails costs the others nothing: the batch is first stored as is, and only when an event
+        fails is it rolled back and stored again with each event in a savepoint of its own, the failed one stored
+        as ignored. Savepoints on every event were two statements more per webhook, each a release of the GIL
+        that the leader had to win back from the request threads (docs/learning-loop.md, "Less CPU per webhook").
+        """
+        conn = self._connections.writer()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # ids are given here, not by the INSERT, so that an event is applied under its id (the change
                 # sequence of what it changes) and inserted once with its outcome: one statement fewer each
                 first_id = self._last_event_id(conn) + 1
-                for offset, item in enumerate(batch):
-                    self._store_isolated(conn, item, first_id + offset)
+                try:
+                    for offset, item in enumerate(batch):
+                        self._store_one(conn, item, first_id + offset)
+                except Exception as e:
+                    if _database_failure(e):
+                        raise
+                    conn.execute("ROLLBACK")
+                    self._configs.clear()
+                    for item in batch:
+                        item.event_id, item.outcome, item.reason = None, None, None
+                    conn.execute("BEGIN IMMEDIATE")
+                    for offset, item in enumerate(batch):
+                        self._store_isolated(conn, item, first_id + offset)
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 self._configs.clear()
                 raise
             conn.execute("COMMIT")
