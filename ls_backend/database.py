@@ -25,8 +25,9 @@ class ThreadConnections:
     process here rather than in SQLite's busy handler, whose sleeps (up to 100 ms each) let many waiting writers
     starve each other for seconds. The writes themselves go through one connection of the process (``writer``,
     used under ``write_lock`` only): a connection whose last write was another's finds its page cache stale and
-    reads its pages again, which in a burst of webhooks (each batch led by another thread) cost about 0.1 ms of
-    CPU per webhook (docs/learning-loop.md, "Less CPU per webhook").
+    reads its pages again, as each batch of a burst of webhooks did, led by another thread (with the label store's
+    batches stored without per-event savepoints: 1.35 to 1.10 ms of server CPU per webhook in a burst,
+    docs/learning-loop.md, "One writer connection").
     """
 
     def __init__(

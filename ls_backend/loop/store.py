@@ -416,7 +416,7 @@ class LabelStore:
         One event that fails costs the others nothing: the batch is first stored as is, and only when an event
         fails is it rolled back and stored again with each event in a savepoint of its own, the failed one stored
         as ignored. Savepoints on every event were two statements more per webhook, each a release of the GIL
-        that the leader had to win back from the request threads (docs/learning-loop.md, "Less CPU per webhook").
+        that the leader had to win back from the request threads (docs/learning-loop.md, "One writer connection").
         """
         conn = self._connections.writer()
         try:
