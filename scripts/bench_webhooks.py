@@ -40,12 +40,10 @@ import argparse
 import functools
 import json
 import os
-import selectors
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -53,13 +51,13 @@ from typing import Any
 
 import numpy as np
 
+from ls_backend.benchmark.webhook_burst import CLIENTS, burst
 from ls_backend.cli.serve import HTTP_SERVERS
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = 1
 MODES = ("none", "in-process", "subprocess")
 SYNC_LEVELS = ("normal", "full")  # loop.label_store_sync
-CLIENTS = ("selector", "threads")
 LABEL_CONFIG = (
     '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
     '<Choice value="yes"/><Choice value="no"/></Choices></View>'
@@ -291,110 +289,6 @@ def _health(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
-
-
-def burst(
-    url: str, payloads: list[dict[str, Any]], client: str = "selector"
-) -> tuple[np.ndarray, list[tuple[int, dict[str, Any]]], float]:
-    """POST every payload at once, each on a connection of its own (as Label Studio sends webhooks): client-side
-    seconds, replies, and the client's CPU seconds for the whole burst."""
-    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
-    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
-    requests = [_http_request(host, path, json.dumps(p).encode()) for p in payloads]
-    cpu_before = time.process_time()
-    deliver = _burst_selector if client == "selector" else _burst_threads
-    latencies, answers = deliver(host, int(port), requests)
-    return latencies, answers, time.process_time() - cpu_before
-
-
-def _burst_selector(host: str, port: int, requests: list[bytes]) -> tuple[np.ndarray, list[tuple[int, dict]]]:
-    """One thread, non-blocking sockets: every connection opened at once, each request sent as soon as its
-    connection is up, each latency taken when its answer is complete (the server closes the connection)."""
-    latencies = np.full(len(requests), np.nan)
-    answers: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(requests)
-    received = [bytearray() for _ in requests]
-    sent = [0] * len(requests)
-    with selectors.DefaultSelector() as selector:
-        started = time.perf_counter()
-        for i in range(len(requests)):
-            connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            connection.setblocking(False)
-            connection.connect_ex((host, port))
-            selector.register(connection, selectors.EVENT_WRITE, i)
-        open_connections = len(requests)
-        deadline = started + 120
-        while open_connections and time.perf_counter() < deadline:
-            for key, events in selector.select(timeout=max(0.0, deadline - time.perf_counter())):
-                connection, i = key.fileobj, key.data
-                assert isinstance(connection, socket.socket)
-                try:
-                    if events & selectors.EVENT_WRITE:
-                        sent[i] += connection.send(requests[i][sent[i] :])
-                        if sent[i] == len(requests[i]):
-                            selector.modify(connection, selectors.EVENT_READ, i)
-                        continue
-                    chunk = connection.recv(65536)
-                    if chunk:
-                        received[i] += chunk
-                        continue
-                    answers[i] = _answer(bytes(received[i]))
-                except OSError as e:
-                    answers[i] = (0, {"error": str(e)})
-                latencies[i] = time.perf_counter() - started
-                selector.unregister(connection)
-                connection.close()
-                open_connections -= 1
-        for key in list(selector.get_map().values()):  # not answered within the deadline
-            key.fileobj.close()  # type: ignore[union-attr]
-    return latencies, answers
-
-
-def _burst_threads(host: str, port: int, requests: list[bytes]) -> tuple[np.ndarray, list[tuple[int, dict]]]:
-    """Each request from a thread of its own, all released at once by a barrier."""
-    barrier = threading.Barrier(len(requests))
-    latencies = np.full(len(requests), np.nan)
-    answers: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(requests)
-
-    def deliver(i: int) -> None:
-        barrier.wait()
-        started = time.perf_counter()
-        try:
-            answers[i] = _exchange(host, port, requests[i])
-        except OSError as e:
-            answers[i] = (0, {"error": str(e)})
-        latencies[i] = time.perf_counter() - started
-
-    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return latencies, answers
-
-
-def _http_request(host: str, path: str, body: bytes) -> bytes:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-def _exchange(host: str, port: int, request: bytes) -> tuple[int, dict[str, Any]]:
-    """Send one prepared request and read the whole answer (the server closes the connection)."""
-    with socket.create_connection((host, port), timeout=60) as connection:
-        connection.sendall(request)
-        chunks = []
-        while chunk := connection.recv(65536):
-            chunks.append(chunk)
-    return _answer(b"".join(chunks))
-
-
-def _answer(response: bytes) -> tuple[int, dict[str, Any]]:
-    """An HTTP response's status and JSON body."""
-    head, _, body = response.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, json.loads(body) if body else {}
 
 
 def main() -> int:

@@ -1,31 +1,18 @@
-"""The burst clients of ``scripts/bench_webhooks.py`` against a small HTTP server on loopback: every request
-arrives whole, every answer is read whole and matched to its request, and each latency is taken."""
+"""The burst clients of ``scripts/bench_webhooks.py`` (``ls_backend.benchmark.webhook_burst``) against a small
+HTTP server on loopback: every request arrives whole, every answer is read whole and matched to its request, and
+each latency is taken."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_webhooks", Path(REPO_ROOT) / "scripts" / "bench_webhooks.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from ls_backend.benchmark.webhook_burst import CLIENTS, burst
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -51,15 +38,15 @@ class EchoServer(ThreadingHTTPServer):
     daemon_threads = True
 
 
-@pytest.mark.parametrize("client", ["selector", "threads"])
-def test_a_burst_gets_every_answer_matched_to_its_request(bench: ModuleType, client: str) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_burst_gets_every_answer_matched_to_its_request(client: str) -> None:
     server = EchoServer(("127.0.0.1", 0), Echo)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         # bodies of different sizes, one larger than a socket buffer, so that sends and reads come in pieces
         payloads = [{"n": i, "pad": "x" * (i * 37 if i != 7 else 300_000)} for i in range(60)]
-        latencies, answers, client_cpu = bench.burst(
+        latencies, answers, client_cpu = burst(
             f"http://127.0.0.1:{server.server_address[1]}/webhook", payloads, client
         )
     finally:
@@ -72,11 +59,11 @@ def test_a_burst_gets_every_answer_matched_to_its_request(bench: ModuleType, cli
     assert client_cpu >= 0
 
 
-def test_a_refused_connection_is_an_answer_of_status_0(bench: ModuleType) -> None:
+def test_a_refused_connection_is_an_answer_of_status_0() -> None:
     server = EchoServer(("127.0.0.1", 0), Echo)
     port = server.server_address[1]
     server.server_close()  # nothing listens there now
-    latencies, answers, _ = bench.burst(f"http://127.0.0.1:{port}/webhook", [{"n": 0}, {"n": 1}], "selector")
+    latencies, answers, _ = burst(f"http://127.0.0.1:{port}/webhook", [{"n": 0}, {"n": 1}], "selector")
     assert [status for status, _ in answers] == [0, 0]
     assert all("error" in body for _, body in answers)
     assert np.isfinite(latencies).all()
