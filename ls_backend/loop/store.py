@@ -436,6 +436,7 @@ class LabelStore:
                     for item in batch:
                         item.event_id, item.outcome, item.reason = None, None, None
                     conn.execute("BEGIN IMMEDIATE")
+                    first_id = self._last_event_id(conn) + 1  # another process may have written meanwhile
                     for offset, item in enumerate(batch):
                         self._store_isolated(conn, item, first_id + offset)
             except BaseException:
