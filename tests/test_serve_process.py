@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, free_port, lwc_command
+from tests.test_prelabel_e2e import wait_for
 
 
 @contextmanager
@@ -50,15 +50,6 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _wait(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -74,18 +65,18 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
 def test_sigkill_of_the_supervisor_takes_the_worker_with_it(tmp_path: Path) -> None:
     with _serving(tmp_path) as (process, port):
-        _wait(lambda: _healthy(port), 60, "lwc serve")
+        wait_for(lambda: _healthy(port), 60, "lwc serve")
         workers = _children(process.pid)
         assert len(workers) == 1, workers  # granian's one worker serves
         process.send_signal(signal.SIGKILL)
         process.wait(10)
-        _wait(lambda: not _alive(workers[0]), 10, "the worker to end with its supervisor")
+        wait_for(lambda: not _alive(workers[0]), 10, "the worker to end with its supervisor")
         assert not _healthy(port)
 
 
 def test_sigterm_stops_lwc_serve_cleanly(tmp_path: Path) -> None:
     with _serving(tmp_path) as (process, port):
-        _wait(lambda: _healthy(port), 60, "lwc serve")
+        wait_for(lambda: _healthy(port), 60, "lwc serve")
         process.terminate()
         assert process.wait(30) == 0
         assert not _healthy(port)
@@ -103,7 +94,7 @@ def test_an_error_while_the_worker_starts_ends_lwc_serve_with_it(tmp_path: Path)
 
 def test_waitress_serves_the_same_app_in_one_process(tmp_path: Path) -> None:
     with _serving(tmp_path, "--http-server", "waitress") as (process, port):
-        _wait(lambda: _healthy(port), 60, "lwc serve --http-server waitress")
+        wait_for(lambda: _healthy(port), 60, "lwc serve --http-server waitress")
         if Path("/proc/self/task").is_dir():
             assert _children(process.pid) == []
     assert "(waitress)" in (tmp_path / "serve.log").read_text()
