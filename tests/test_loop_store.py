@@ -317,6 +317,30 @@ def test_an_event_that_fails_unforeseen_is_stored_ignored_and_its_batch_stored_a
     assert len(store.labels(project.project)) == 9
 
 
+def test_events_waiting_for_the_write_lock_share_one_commit_and_are_counted(tmp_path: Path) -> None:
+    import threading
+
+    store = LabelStore(tmp_path / "labels.db")
+    project = synthetic_project(12, seed=5)
+    store.record_event(project.annotation_payload(0, 9_000))
+    assert store.group_commit_counts() == (1, 1)
+    threads = [
+        threading.Thread(target=store.record_event, args=(project.annotation_payload(i, 9_000 + i),))
+        for i in range(1, 11)
+    ]
+    with store._write_lock:  # every event queues behind the lock: the leader takes them all in one batch
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(store._pending) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+    assert store.group_commit_counts() == (2, 11)
+    assert len(store.labels(project.project)) == 11
+
+
 def test_every_write_goes_through_one_connection_and_other_threads_read_it(tmp_path: Path) -> None:
     import threading
 

@@ -357,6 +357,10 @@ def test_webhooks_of_unknown_projects_and_bad_payloads_are_stored(
     store: LabelStore = app.extensions["lwc"].learning.store
     assert len(store.labels(55)) == 1
     assert any(e["outcome"] == "ignored" and e["reason"].startswith("malformed") for e in store.events())
+    # one after the other, each event is a commit of its own; /metrics counts both
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert metric_value(metrics, "lwc_label_store_commits_total") == 2
+    assert metric_value(metrics, "lwc_label_store_committed_events_total") == 2
 
 
 def test_auto_accept_annotates_confident_tasks_that_never_train(

@@ -333,6 +333,9 @@ class LabelStore:
         self._pending: list[_PendingEvent] = []
         self._leading = False  # a thread is storing a batch (under _pending_lock)
         self._configs: dict[int, LabelingConfig] = {}
+        # transactions of the group commit, and the events they stored (changed under the write lock)
+        self._group_commits = 0
+        self._group_committed_events = 0
         self._connection().executescript(SCHEMA)
         self._add_columns()
 
@@ -445,11 +448,19 @@ class LabelStore:
                 self._configs.clear()
                 raise
             conn.execute("COMMIT")
+            self._group_commits += 1
+            self._group_committed_events += len(batch)
         except Exception as e:  # the database itself failed: no event of the batch is stored
             for item in batch:
                 item.error, item.event_id, item.outcome = e, None, None
         for item in batch:
             item.done = True
+
+    def group_commit_counts(self) -> tuple[int, int]:
+        """(transactions, events) of this process's group commits so far: events / transactions is how many
+        webhooks shared a commit, the more the cheaper each (docs/learning-loop.md, "Threads for a burst")."""
+        with self._write_lock:
+            return self._group_commits, self._group_committed_events
 
     @staticmethod
     def _last_event_id(db: sqlite3.Connection) -> int:

@@ -1,5 +1,6 @@
 """The learning loop's part of ``/metrics``: per-project gauges (labels by source, band counts, the serving
-version and its held-out evaluation, versions by status) and each project's latest pre-annotation job (``lwc_job_*``).
+version and its held-out evaluation, versions by status), each project's latest pre-annotation job (``lwc_job_*``),
+and the label store's group commit (``lwc_label_store_*``: webhook events per commit).
 
 The values are gathered as plain data (:class:`Gauge`, from :func:`project_gauges` and :func:`job_gauges`), read
 from the projects' files at every scrape, and handed to prometheus_client as gauge families by
@@ -14,7 +15,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ls_backend.loop import LabelStore, VersionError
@@ -43,6 +44,12 @@ JOB_METRICS = {
     "lwc_job_info": "each project's latest job: status and target model version (value 1)",
 }
 LOOP_METRICS = {**PROJECT_METRICS, **JOB_METRICS}
+STORE_COUNTERS = {
+    "lwc_label_store_commits": "transactions of the label store's group commit (each stores the webhook events "
+    "waiting for it)",
+    "lwc_label_store_committed_events": "webhook events stored by the group commit (divided by "
+    "lwc_label_store_commits_total: events per commit)",
+}
 HOLDOUT_KEYS = ("holdout_ace", "holdout_accuracy", "holdout_cost_per_item")
 COST_DIGITS = 6
 """Significant digits of a job's cost: a sum of measured seconds, whose float noise past these means nothing."""
@@ -154,9 +161,18 @@ class LoopMetricsCollector(Collector):
         self.store = store
         self.job_store = job_store
 
-    def describe(self) -> list[GaugeMetricFamily]:
+    def describe(self) -> list[Metric]:
         # what the registry checks for names already taken at registration, without reading any project's files
-        return gauge_families(LOOP_METRICS, [])
+        return [*gauge_families(LOOP_METRICS, []), *store_counters((0, 0))]
 
-    def collect(self) -> list[GaugeMetricFamily]:
-        return gauge_families(LOOP_METRICS, loop_gauges(self.loops(), self.store, self.job_store))
+    def collect(self) -> list[Metric]:
+        gauges = gauge_families(LOOP_METRICS, loop_gauges(self.loops(), self.store, self.job_store))
+        return [*gauges, *store_counters(self.store.group_commit_counts())]
+
+
+def store_counters(counts: tuple[int, int]) -> list[CounterMetricFamily]:
+    """The label store's group-commit counters (:data:`STORE_COUNTERS`) from (commits, events)."""
+    return [
+        CounterMetricFamily(name, help_text, value=value)
+        for (name, help_text), value in zip(STORE_COUNTERS.items(), counts, strict=True)
+    ]
