@@ -2,8 +2,8 @@
 
 For each mode and HTTP server, one after the other, a fresh model directory gets a synthetic project
 (``ls_backend.loop.simulation``: ``--labels`` labeled tasks with texts, 3 synthetic LLMs) that the server restores at
-start, and the backend is served as ``lwc serve --http-server S`` serves it (granian, the default, or waitress; 8
-threads) in a subprocess on loopback:
+start, and the backend is served as ``lwc serve --http-server S`` serves it (granian, the default, or waitress; with
+``lwc serve``'s 128 threads) in a subprocess on loopback:
 
 - ``none``: no retrain runs (the baseline);
 - ``in-process``: START_TRAINING, and the worker thread tunes the bin edges in the server's process (the behaviour
@@ -23,15 +23,17 @@ by the synthetic project's, which is what a warm score cache gives (every labele
 Each mode runs ``--repeat`` times, the modes interleaved (so a change in the machine's load hits all of them); the
 table gives the median over the repetitions and every repetition's p99, the server's own mean time per webhook
 (``in-app``, from /metrics: from the endpoint's start to its answer, so waiting for the group commit counts but
-waiting for a free thread does not), the server's CPU time per webhook during the burst (``CPU ms``, user + system
-from /proc, of the server's processes but not the tuning process: the figure least moved by other work on the
-machine, since the burst is bounded by one interpreter's CPU), and the machine's load average before and after.
+waiting for a free thread does not), the burst's webhooks per commit of the label store's group commit (``per
+commit``, from /metrics' ``lwc_label_store_*`` counters), the server's CPU time per webhook during the burst
+(``CPU ms``, user + system from /proc, of the server's processes but not the tuning process: the figure least moved
+by other work on the machine, since the burst is bounded by one interpreter's CPU), and the machine's load average
+before and after.
 
 Options: ``--labels N`` (2000), ``--events N`` (200), ``--tuning-s S`` (8), ``--modes none,in-process,subprocess``,
-``--repeat N`` (3), ``--threads N`` (the server's Python threads, 8), ``--servers granian,waitress`` (the HTTP
-servers compared, a row each), ``--sync normal,full`` (the label store's ``loop.label_store_sync``; several give a
-row per level; default ``normal``, the server's), ``--clients selector,threads`` (a row each). Every case is
-interleaved with the others.
+``--repeat N`` (3), ``--threads N`` (the server's Python threads, 128 as in ``lwc serve``), ``--servers
+granian,waitress`` (the HTTP servers compared, a row each), ``--sync normal,full`` (the label store's
+``loop.label_store_sync``; several give a row per level; default ``normal``, the server's), ``--clients
+selector,threads`` (a row each). Every case is interleaved with the others.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from ls_backend.benchmark.webhook_burst import CLIENTS, burst
-from ls_backend.cli.serve import HTTP_SERVERS
+from ls_backend.cli.serve import DEFAULT_THREADS, HTTP_SERVERS
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = 1
@@ -217,12 +219,13 @@ def run_mode(
                 project.annotation_payload(args.labels + i, args.labels + i + 1) for i in range(args.events)
             ]
             serving = server_processes(server.pid, http_server)
+            metrics_before = server_metrics(url)
             cpu_before = sum(process_cpu_seconds(pid) for pid in serving)
             latencies, answers, client_cpu = burst(f"{url}/webhook", payloads, client)
             cpu_after = sum(process_cpu_seconds(pid) for pid in serving)
             cpu_per_event = (cpu_after - cpu_before) / len(payloads)
             stage_after = stage(status_file) if mode != "none" else "-"
-            in_app = server_seconds(url)
+            metrics_after = server_metrics(url)
         finally:
             server.terminate()
             server.wait(30)
@@ -230,6 +233,8 @@ def run_mode(
         load_after = os.getloadavg()
         stored = len(LabelStore(folder / "models" / "labels.db").labels(PROJECT))
     ok = sum(1 for status, body in answers if status == 200 and body.get("outcome") == "applied")
+    commits = metrics_after["commits"] - metrics_before["commits"]
+    per_commit = (metrics_after["events"] - metrics_before["events"]) / commits if commits else float("nan")
     return {
         "mode": mode,
         "p50_ms": float(np.percentile(latencies, 50) * 1e3),
@@ -238,7 +243,8 @@ def run_mode(
         "applied": ok,
         "stored": stored - args.labels,
         "stage_after": stage_after,
-        "in_app_ms": in_app * 1e3,
+        "in_app_ms": metrics_after["in_app_s"] * 1e3,
+        "per_commit": per_commit,
         "cpu_ms": cpu_per_event * 1e3,
         "client_cpu_ms": client_cpu / len(payloads) * 1e3,
         "load_before": load_before[0],
@@ -267,20 +273,27 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def server_seconds(url: str) -> float:
-    """The server's mean seconds per /webhook request so far, from its latency histogram in /metrics."""
+def server_metrics(url: str) -> dict[str, float]:
+    """From the server's /metrics: its mean seconds per /webhook request so far (``in_app_s``, from the latency
+    histogram), and its label store's group commits and the events they stored so far."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
         text = response.read().decode()
-    total = count = 0.0
+    values = {"sum": 0.0, "count": 0.0, "commits": 0.0, "events": 0.0}
+    series = {
+        "lwc_http_request_duration_seconds_sum": "sum",
+        "lwc_http_request_duration_seconds_count": "count",
+        "lwc_label_store_commits_total": "commits",
+        "lwc_label_store_committed_events_total": "events",
+    }
     for line in text.splitlines():
-        if 'endpoint="/webhook"' not in line:
-            continue
         name, _, value = line.rpartition(" ")
-        if name.startswith("lwc_http_request_duration_seconds_sum"):
-            total += float(value)
-        elif name.startswith("lwc_http_request_duration_seconds_count"):
-            count += float(value)
-    return total / count if count else float("nan")
+        key = series.get(name.split("{", 1)[0])
+        if key in ("sum", "count") and 'endpoint="/webhook"' not in name:
+            continue
+        if key is not None:
+            values[key] += float(value)
+    in_app = values["sum"] / values["count"] if values["count"] else float("nan")
+    return {"in_app_s": in_app, "commits": values["commits"], "events": values["events"]}
 
 
 def _health(url: str) -> bool:
@@ -297,7 +310,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200, help="concurrent webhooks in the burst")
     parser.add_argument("--tuning-s", type=float, default=8.0, help="seconds the retrain tunes bin edges")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {list(MODES)}")
-    parser.add_argument("--threads", type=int, default=8, help="the server's Python threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="the server's Python threads (lwc serve's default)",
+    )
     parser.add_argument(
         "--servers",
         default=",".join(HTTP_SERVERS),
@@ -344,7 +362,7 @@ def main() -> int:
     )
     width = max(12, *(len(name) for name in runs))
     print(
-        f"{'tuning':<{width}} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'in-app ms':>9} {'CPU ms':>6} "
+        f"{'tuning':<{width}} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'in-app ms':>9} {'per commit':>10} {'CPU ms':>6} "
         f"{'client CPU':>10} {'stored':>9}  {'p99 of each run (ms)':<24} load avg"
     )
     failed = False
@@ -356,7 +374,8 @@ def main() -> int:
         loads = f"{min(r['load_before'] for r in rows):.2f}-{max(r['load_after'] for r in rows):.2f}"
         print(
             f"{mode:<{width}} {_median(rows, 'p50_ms'):7.1f} {_median(rows, 'p99_ms'):7.1f} {_median(rows, 'max_ms'):7.1f} "
-            f"{_median(rows, 'in_app_ms'):9.2f} {_median(rows, 'cpu_ms'):6.2f} {_median(rows, 'client_cpu_ms'):10.2f} "
+            f"{_median(rows, 'in_app_ms'):9.2f} {_median(rows, 'per_commit'):10.1f} {_median(rows, 'cpu_ms'):6.2f} "
+            f"{_median(rows, 'client_cpu_ms'):10.2f} "
             f"{f'{stored}/{args.events * len(rows)}':>9}  {each:<24} {loads}"
         )
         stages = {r["stage_after"] for r in rows}
