@@ -16,6 +16,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 HTTP_SERVERS = ("granian", "waitress")
+DEFAULT_THREADS = 128
+"""Python threads that run requests. A webhook's thread mostly waits for the label store's group commit, and a
+commit can only group the webhooks that hold a thread: a burst of 200 was stored 3-5 events per commit with 8
+threads, 34-50 with 128, each commit's fixed cost (an fsync with ``synchronous = full``) shared
+(docs/learning-loop.md, "Threads for a burst"). An idle thread costs little, and granian ends it after 30 s; calls
+to one LLM are serialized by its lock whatever the number of threads."""
 STOP_TIMEOUT_S = 10  # after SIGTERM, what runs may finish for this long before the worker is killed
 # granian warns at every start when the Python threads outnumber 2 x CPUs + 1; /predict's LLM calls release the
 # GIL, so more threads than cores is what we want here, and a warning at every start would be noise
@@ -38,7 +44,11 @@ def register(subparsers: Any) -> None:
         "--config", default=None, help="backend YAML (default: $LWC_CONFIG, else built-in defaults)"
     )
     parser.add_argument(
-        "--threads", type=int, default=8, help="Python threads that run requests (default: %(default)s)"
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="Python threads that run requests (default: %(default)s; a burst of webhooks is stored in as few "
+        "commits as it has threads)",
     )
     parser.add_argument(
         "--http-server",
