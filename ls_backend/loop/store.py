@@ -459,8 +459,9 @@ class LabelStore:
     def group_commit_counts(self) -> tuple[int, int]:
         """(transactions, events) of this process's group commits so far: events / transactions is how many
         webhooks shared a commit, the more the cheaper each (docs/learning-loop.md, "Threads for a burst")."""
-        with self._write_lock:
-            return self._group_commits, self._group_committed_events
+        # read without the write lock, which a catch-up may hold for seconds: a scrape of /metrics must not wait
+        # for it, and a pair read between the two increments is off by one batch until the next scrape
+        return self._group_commits, self._group_committed_events
 
     @staticmethod
     def _last_event_id(db: sqlite3.Connection) -> int:
