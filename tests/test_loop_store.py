@@ -272,6 +272,20 @@ def test_calibration_weights_by_source() -> None:
         calibration_weights(np.array(["x"], dtype=object), np.array([1.0]))
 
 
+def store_as_one_batch(store: LabelStore, threads: list[Any]) -> None:
+    """Start threads that each record an event while the write lock is held, so that every event queues behind it
+    and the leader stores them all in one batch; wait for them."""
+    with store._write_lock:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(store._pending) < len(threads):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+
+
 def test_an_event_that_fails_unforeseen_is_stored_ignored_and_its_batch_stored_again_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -300,15 +314,7 @@ def test_an_event_that_fails_unforeseen_is_stored_ignored_and_its_batch_stored_a
         threading.Thread(target=lambda i=i: outcomes.__setitem__(i, store.record_event(payloads[i])))
         for i in range(10)
     ]
-    with store._write_lock:  # every event queues behind the lock: they are stored as one batch
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while len(store._pending) < 10:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    for thread in threads:
-        thread.join(30)
+    store_as_one_batch(store, threads)
     assert sorted(o.outcome for o in outcomes.values()) == ["applied"] * 9 + ["ignored"]
     failed = next(o for o in outcomes.values() if o.outcome == "ignored")
     assert "RuntimeError: unforeseen" in (failed.reason or "")
@@ -328,15 +334,7 @@ def test_events_waiting_for_the_write_lock_share_one_commit_and_are_counted(tmp_
         threading.Thread(target=store.record_event, args=(project.annotation_payload(i, 9_000 + i),))
         for i in range(1, 11)
     ]
-    with store._write_lock:  # every event queues behind the lock: the leader takes them all in one batch
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while len(store._pending) < 10:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    for thread in threads:
-        thread.join(30)
+    store_as_one_batch(store, threads)
     assert store.group_commit_counts() == (2, 11)
     assert len(store.labels(project.project)) == 11
 
